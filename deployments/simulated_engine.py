@@ -1,0 +1,340 @@
+"""A simulated LLM engine behind the same Serve LLM server, ingress and routes as vLLM.
+
+Benchmarks and routing tests need many "sites" with controllable speed, and a
+2-core machine can run one small vLLM engine at most. The simulated engine
+implements Ray's `LLMEngine` interface, so `ray.serve.llm`'s `LLMServer`, its
+OpenAI ingress, request ids, stream batching and metrics are the very code
+that serves vLLM models; only token generation is replaced by a timed loop.
+Responses are vLLM's own protocol models, so their shapes match exactly.
+
+Timing model (SimulatedEngineConfig): a request waits for one of
+`max_num_seqs` slots, then its first token takes `ttft_ms` and each later one
+`tpot_ms`, both stretched by `1 + slowdown_per_seq * (running - 1)`.
+Tokens are counted with a simple word/punctuation split.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import re
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from ray.llm._internal.serve.core.configs.openai_api_models import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorInfo,
+    ErrorResponse,
+)
+from ray.llm._internal.serve.core.engine.protocol import LLMEngine
+from ray.llm._internal.serve.core.server.llm_server import LLMServer
+from vllm.entrypoints.generate.base.protocol import DeltaMessage
+from vllm.entrypoints.openai.chat_completion.protocol import (
+    ChatCompletionResponseChoice,
+    ChatCompletionResponseStreamChoice,
+    ChatCompletionStreamResponse,
+    ChatMessage,
+)
+from vllm.entrypoints.openai.completion.protocol import (
+    CompletionResponseChoice,
+    CompletionResponseStreamChoice,
+    CompletionStreamResponse,
+)
+from vllm.entrypoints.serve.engine.protocol import UsageInfo
+
+from deployments.site_config import SIMULATED_ENGINE_KEY, SimulatedEngineConfig
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+_WORDS = [
+    "the",
+    "model",
+    "answers",
+    "from",
+    "a",
+    "simulated",
+    "engine",
+    "whose",
+    "timing",
+    "follows",
+    "its",
+    "config",
+    "so",
+    "routing",
+    "and",
+    "load",
+    "tests",
+    "see",
+    "realistic",
+    "latency",
+    "without",
+    "any",
+    "weights",
+]
+# Per-message overhead of a chat template, in tokens (role markers, newlines).
+_CHAT_TOKENS_PER_MESSAGE = 4
+
+
+def count_tokens(text: str) -> int:
+    return len(_TOKEN.findall(text))
+
+
+def _message_text(message: Any) -> str:
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: keep the text ones
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _prompt_tokens(prompt: Any) -> int:
+    """Token count of a completions prompt: text, token ids, or a batch of either."""
+    if isinstance(prompt, str):
+        return count_tokens(prompt)
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+        return len(prompt)
+    if isinstance(prompt, list):
+        return sum(_prompt_tokens(p) for p in prompt)
+    return 0
+
+
+def _error(message: str, param: str | None = None, code: int = 400) -> ErrorResponse:
+    return ErrorResponse(
+        error=ErrorInfo(message=message, type="BadRequestError", param=param, code=code)
+    )
+
+
+def _sse(chunk: Any) -> str:
+    return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+
+
+class SimulatedEngine(LLMEngine):
+    """Generates placeholder tokens on a timetable instead of running a model."""
+
+    def __init__(self, llm_config):
+        self._model_id = llm_config.model_id
+        self._config = SimulatedEngineConfig.model_validate(
+            llm_config.experimental_configs.get(SIMULATED_ENGINE_KEY, {})
+        )
+        self._slots: asyncio.Semaphore | None = None
+        self._running = 0
+
+    async def start(self) -> None:
+        self._slots = asyncio.Semaphore(self._config.max_num_seqs)
+
+    def routing_stats(self) -> dict:
+        return {}
+
+    async def resolve_lora(self, lora_model) -> None:
+        raise ValueError("the simulated engine does not load LoRA adapters")
+
+    async def reset_prefix_cache(self) -> None:
+        return None
+
+    def _step_s(self, base_ms: float) -> float:
+        load = 1.0 + self._config.slowdown_per_seq * max(self._running - 1, 0)
+        return base_ms * load / 1000.0
+
+    def _plan(self, prompt_tokens: int, requested: int | None) -> tuple[int, str] | ErrorResponse:
+        """How many tokens to produce and why it stops, or the error vLLM would give."""
+        limit = self._config.max_model_len
+        if prompt_tokens >= limit:
+            return _error(
+                f"This model's maximum context length is {limit} tokens. However, your "
+                f"prompt contains {prompt_tokens} input tokens, which exceeds this limit "
+                "even without any output tokens. Please reduce the length of the input prompt.",
+                param="input_tokens",
+            )
+        room = limit - prompt_tokens
+        if requested is not None and requested < 1:
+            return _error("max_tokens must be at least 1", param="max_tokens")
+        if requested is None:
+            wanted, reason = self._config.default_max_tokens, "stop"
+        else:
+            wanted, reason = requested, "length"
+        if wanted > room:
+            return room, "length"
+        return wanted, reason
+
+    async def _tokens(self, count: int) -> AsyncGenerator[str, None]:
+        """Yield `count` words on the configured timetable, holding one engine slot."""
+        assert self._slots is not None, "engine not started"
+        async with self._slots:
+            self._running += 1
+            try:
+                await asyncio.sleep(self._step_s(self._config.ttft_ms))
+                for index in range(count):
+                    if index:
+                        await asyncio.sleep(self._step_s(self._config.tpot_ms))
+                    word = _WORDS[index % len(_WORDS)]
+                    yield word if index == 0 else " " + word
+            finally:
+                self._running -= 1
+
+    async def _texts(self, n: int, count: int) -> list[str]:
+        results = await asyncio.gather(*(self._collect(count) for _ in range(n)))
+        return list(results)
+
+    async def _collect(self, count: int) -> str:
+        return "".join([token async for token in self._tokens(count)])
+
+    async def chat(self, request: ChatCompletionRequest, raw_request_info=None):
+        prompt_tokens = sum(
+            count_tokens(_message_text(m)) + _CHAT_TOKENS_PER_MESSAGE for m in request.messages
+        )
+        requested = (
+            request.max_completion_tokens
+            if request.max_completion_tokens is not None
+            else request.max_tokens
+        )
+        plan = self._plan(prompt_tokens, requested)
+        if isinstance(plan, ErrorResponse):
+            yield plan
+            return
+        count, reason = plan
+        n = request.n or 1
+        usage = UsageInfo(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=count * n,
+            total_tokens=prompt_tokens + count * n,
+        )
+        if not request.stream:
+            texts = await self._texts(n, count)
+            choices = [
+                ChatCompletionResponseChoice(
+                    index=i, message=ChatMessage(role="assistant", content=t), finish_reason=reason
+                )
+                for i, t in enumerate(texts)
+            ]
+            yield ChatCompletionResponse(model=self._model_id, choices=choices, usage=usage)
+            return
+        response_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+
+        def chunk(choices: list, usage_info: UsageInfo | None = None) -> str:
+            return _sse(
+                ChatCompletionStreamResponse(
+                    id=response_id,
+                    created=created,
+                    model=self._model_id,
+                    choices=choices,
+                    usage=usage_info,
+                )
+            )
+
+        for i in range(n):
+            yield chunk(
+                [
+                    ChatCompletionResponseStreamChoice(
+                        index=i, delta=DeltaMessage(role="assistant", content="")
+                    )
+                ]
+            )
+        async for i, token in self._interleave(n, count):
+            yield chunk(
+                [ChatCompletionResponseStreamChoice(index=i, delta=DeltaMessage(content=token))]
+            )
+        for i in range(n):
+            yield chunk(
+                [
+                    ChatCompletionResponseStreamChoice(
+                        index=i, delta=DeltaMessage(), finish_reason=reason
+                    )
+                ]
+            )
+        if request.stream_options and request.stream_options.include_usage:
+            yield chunk([], usage)
+
+    async def completions(self, request: CompletionRequest, raw_request_info=None):
+        prompt_tokens = _prompt_tokens(request.prompt)
+        plan = self._plan(prompt_tokens, request.max_tokens)
+        if isinstance(plan, ErrorResponse):
+            yield plan
+            return
+        count, reason = plan
+        n = request.n or 1
+        usage = UsageInfo(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=count * n,
+            total_tokens=prompt_tokens + count * n,
+        )
+        if not request.stream:
+            texts = await self._texts(n, count)
+            choices = [
+                CompletionResponseChoice(index=i, text=t, finish_reason=reason)
+                for i, t in enumerate(texts)
+            ]
+            yield CompletionResponse(model=self._model_id, choices=choices, usage=usage)
+            return
+        response_id = f"cmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+
+        def chunk(choices: list, usage_info: UsageInfo | None = None) -> str:
+            return _sse(
+                CompletionStreamResponse(
+                    id=response_id,
+                    created=created,
+                    model=self._model_id,
+                    choices=choices,
+                    usage=usage_info,
+                )
+            )
+
+        async for i, token in self._interleave(n, count):
+            yield chunk([CompletionResponseStreamChoice(index=i, text=token)])
+        for i in range(n):
+            yield chunk([CompletionResponseStreamChoice(index=i, text="", finish_reason=reason)])
+        if request.stream_options and request.stream_options.include_usage:
+            yield chunk([], usage)
+
+    async def _interleave(self, n: int, count: int) -> AsyncGenerator[tuple[int, str], None]:
+        """Merge the token streams of `n` choices in the order tokens are produced."""
+        queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
+
+        async def produce(index: int) -> None:
+            try:
+                async for token in self._tokens(count):
+                    await queue.put((index, token))
+            finally:
+                await queue.put(None)
+
+        tasks = [asyncio.create_task(produce(i)) for i in range(n)]
+        try:
+            finished = 0
+            while finished < n:
+                item = await queue.get()
+                if item is None:
+                    finished += 1
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def embeddings(self, request, raw_request_info=None):
+        yield _error(f"The model {self._model_id!r} does not support the Embeddings API")
+
+    async def transcriptions(self, request, raw_request_info=None):
+        yield _error(f"The model {self._model_id!r} does not support the Transcriptions API")
+
+
+class SimulatedLLMServer(LLMServer):
+    """Ray's LLMServer with the simulated engine plugged in (chosen per model by config)."""
+
+    _default_engine_cls = SimulatedEngine
+
+    @classmethod
+    def get_deployment_options(cls, llm_config) -> dict:
+        """Serve options without vLLM's placement group: the engine is this actor itself."""
+        options = copy.deepcopy(llm_config.deployment_config)
+        bundles = (llm_config.placement_group_config or {}).get("bundles") or [{"CPU": 1}]
+        actor_options = options.setdefault("ray_actor_options", {})
+        actor_options.setdefault("num_cpus", bundles[0].get("CPU", 1))
+        if llm_config.runtime_env:
+            actor_options["runtime_env"] = llm_config.runtime_env
+        return options

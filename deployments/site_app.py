@@ -1,0 +1,119 @@
+"""The site's Serve application: one ray.serve.llm deployment per model behind one OpenAI ingress.
+
+Built with Ray's public pieces (`LLMConfig`, `build_llm_deployment`,
+`make_fastapi_ingress`, `OpenAiIngress`) instead of `build_openai_app`,
+because that builder gives no way to install our error handlers on its
+FastAPI app. The app set-up mirrors Ray's own (request ids, CORS, HTTP
+metrics) so nothing of Ray's behaviour is lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from ray import serve
+from ray.llm._internal.common.utils.lora_utils import get_base_model_id
+from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+from ray.llm._internal.serve.core.ingress.middleware import SetRequestIdMiddleware
+from ray.llm._internal.serve.observability.metrics.fast_api_metrics import (
+    add_http_metrics_middleware,
+    metrics_lifespan,
+)
+from ray.serve.deployment import Application
+from ray.serve.llm import LLMConfig, build_llm_deployment
+from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+
+from deployments.openai_errors import MissingModelError, UnknownModelError, register_error_handlers
+from deployments.site_config import SIMULATED_ENGINE_KEY, ModelConfig, SiteConfig
+
+# Ray's default for the ingress is effectively unbounded; the engines queue.
+INGRESS_MAX_ONGOING_REQUESTS = 10_000
+
+
+class SiteIngress(OpenAiIngress):
+    """Ray's OpenAI ingress, answering unknown or missing models with OpenAI errors."""
+
+    async def _get_model_id(self, model: str | None) -> str:
+        served = list(self._model_cards)
+        if model is None:
+            if len(served) == 1:
+                return served[0]
+            raise MissingModelError(served)
+        if get_base_model_id(model) not in self._model_cards:
+            raise UnknownModelError(model, served)
+        return model
+
+
+def _placement_bundles(model: ModelConfig) -> list[dict[str, float]]:
+    """One bundle per GPU (tensor parallel workers), or one CPU bundle for CPU engines."""
+    resources = model.resources
+    if resources.gpus == 0:
+        return [{"CPU": resources.cpus}]
+    return [{"GPU": 1, "CPU": resources.cpus}] * resources.gpus
+
+
+def llm_config_for(model: ModelConfig) -> LLMConfig:
+    """Translate one model of the site config into ray.serve.llm's LLMConfig."""
+    experimental: dict[str, Any] = {}
+    if model.stream_interval_ms is not None:
+        experimental["stream_batching_interval_ms"] = model.stream_interval_ms
+    simulated = model.engine == "simulated"
+    if simulated:
+        # Not in engine_kwargs: Ray validates those as vLLM arguments.
+        experimental[SIMULATED_ENGINE_KEY] = model.simulated_engine().model_dump()
+    return LLMConfig(
+        model_loading_config={"model_id": model.id, "model_source": model.source or model.id},
+        engine_kwargs={} if simulated else model.engine_kwargs,
+        placement_group_config={"bundles": _placement_bundles(model)},
+        accelerator_type=model.resources.accelerator_type,
+        runtime_env={"env_vars": model.env} if model.env else None,
+        deployment_config={"autoscaling_config": model.autoscaling.serve_config()},
+        experimental_configs=experimental,
+        server_cls="deployments.simulated_engine:SimulatedLLMServer" if simulated else None,
+        # The simulated engine exports no vLLM metrics.
+        log_engine_metrics=not simulated,
+    )
+
+
+def build_site_fastapi() -> FastAPI:
+    """Ray's ingress app set-up, with the OpenAI error handlers in place of Ray's."""
+    app = FastAPI(
+        title="FIRST site",
+        description="OpenAI-compatible endpoint of one FIRST site (Ray Serve + vLLM).",
+        lifespan=metrics_lifespan,
+    )
+    register_error_handlers(app)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_credentials=True,
+        allow_methods=["*"],
+        allow_headers=["*"],
+    )
+    add_http_metrics_middleware(app)
+    app.add_middleware(SetRequestIdMiddleware)
+    return app
+
+
+def build_site_app(site: SiteConfig) -> Application:
+    """The Serve application for a site: an LLMServer deployment per model, one ingress."""
+    llm_configs = [llm_config_for(model) for model in site.models]
+    deployments = {
+        config.model_id: build_llm_deployment(config, name_prefix="LLMServer:")
+        for config in llm_configs
+    }
+    model_cards = {
+        config.model_id: to_model_metadata(config.model_id, config) for config in llm_configs
+    }
+    ingress_cls = make_fastapi_ingress(SiteIngress, app=build_site_fastapi())
+    # One ingress replica always, even when every model scales to zero: it is
+    # cheap, and a scaled-to-zero ingress would add its own cold start.
+    ingress = serve.deployment(
+        ingress_cls,
+        name="OpenAiIngress",
+        num_replicas=1,
+        max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
+    )
+    return ingress.bind(llm_deployments=deployments, model_cards=model_cards, lora_paths={})

@@ -1,0 +1,200 @@
+"""The site config: which models a site serves, on which engine, how they scale.
+
+One YAML file per site in `cluster_configs/`. It is loaded once at the edge
+(`first site up`, the status function) and passed down as typed objects.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from autoscaling import resolve_autoscaling
+from deployments.config_loading import StrictConfig, describe_validation_errors
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+# Where a simulated model's SimulatedEngineConfig travels inside LLMConfig.experimental_configs.
+SIMULATED_ENGINE_KEY = "simulated_engine"
+
+
+class SimulatedEngineConfig(StrictConfig):
+    """Timing of the simulated engine, which stands in for vLLM in benchmarks and routing tests."""
+
+    ttft_ms: float = Field(50.0, ge=0, description="Time to first token when idle.")
+    tpot_ms: float = Field(10.0, ge=0, description="Time per output token when idle.")
+    max_num_seqs: int = Field(
+        16, ge=1, description="Sequences decoded at once; further requests wait in a queue."
+    )
+    slowdown_per_seq: float = Field(
+        0.05,
+        ge=0,
+        description="Fraction by which each running sequence beyond the first slows every "
+        "token step (0.05: 16 running sequences decode 1.75x slower).",
+    )
+    max_model_len: int = Field(
+        2048, ge=16, description="Context length: prompt plus output tokens, in tokens."
+    )
+    default_max_tokens: int = Field(
+        16, ge=1, description="Output length when a request sets no max_tokens."
+    )
+
+
+class ResourcesConfig(StrictConfig):
+    """What one replica of a model's engine needs from the Ray cluster."""
+
+    cpus: float = Field(1.0, gt=0, description="Logical CPUs for the engine, per replica.")
+    gpus: int = Field(
+        0, ge=0, description="GPUs per replica; vLLM's tensor_parallel_size should match."
+    )
+    accelerator_type: str | None = Field(
+        None, description="Ray accelerator type to require, e.g. A100 or H100 (GPU sites only)."
+    )
+
+    @model_validator(mode="after")
+    def _accelerator_needs_gpus(self) -> ResourcesConfig:
+        if self.accelerator_type and self.gpus == 0:
+            raise ValueError("accelerator_type needs gpus >= 1")
+        return self
+
+
+class AutoscalingChoice(StrictConfig):
+    """A preset name plus optional Serve `autoscaling_config` fields that override it."""
+
+    model_config = StrictConfig.model_config | {"extra": "allow"}
+
+    preset: str | None = Field(None, description="hot, warm or cold (see autoscaling/presets.py).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone_is_a_preset(cls, value: Any) -> Any:
+        return {"preset": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _resolves(self) -> AutoscalingChoice:
+        self.serve_config()
+        return self
+
+    def serve_config(self) -> dict[str, Any]:
+        """The Serve `autoscaling_config` dict this choice stands for."""
+        try:
+            return resolve_autoscaling(self.preset, dict(self.model_extra or {}))
+        except ValidationError as exc:
+            raise ValueError(describe_validation_errors(exc)) from None
+
+
+class ModelConfig(StrictConfig):
+    """One model a site serves: one Serve deployment, autoscaled on its own."""
+
+    id: str = Field(description="The name clients pass as `model`.", min_length=1)
+    source: str | None = Field(
+        None,
+        description="Local path or hub id of the weights (vllm). A simulated model may "
+        "name a tokenizer folder here; it is not read.",
+    )
+    engine: Literal["vllm", "simulated"] = Field("vllm", description="vllm or simulated.")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="vLLM engine arguments, or SimulatedEngineConfig fields for `simulated`.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables for the engine processes."
+    )
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    autoscaling: AutoscalingChoice = Field(
+        default_factory=lambda: AutoscalingChoice(preset="hot"),
+        description="A preset name, or a mapping with `preset` and Serve fields.",
+    )
+    stream_interval_ms: int | None = Field(
+        None,
+        ge=0,
+        description="How long ray.serve.llm gathers streamed tokens before sending them "
+        "(Ray's default is 50 ms; 0 sends every token at once).",
+    )
+
+    @model_validator(mode="after")
+    def _engine_specific(self) -> ModelConfig:
+        if self.engine == "vllm" and not self.source:
+            raise ValueError("source: a vllm model needs a source (a local path or hub id)")
+        if self.engine == "simulated":
+            try:
+                SimulatedEngineConfig.model_validate(self.engine_kwargs)
+            except ValidationError as exc:
+                raise ValueError(
+                    "engine_kwargs."
+                    + describe_validation_errors(exc).replace("; ", "; engine_kwargs.")
+                ) from None
+        return self
+
+    def simulated_engine(self) -> SimulatedEngineConfig:
+        return SimulatedEngineConfig.model_validate(self.engine_kwargs)
+
+
+class RayClusterConfig(StrictConfig):
+    """Which Ray cluster the site runs on, and the ports of one it starts itself."""
+
+    address: str | None = Field(
+        None,
+        description="Address of a running Ray cluster to join (host:port). Unset: start a "
+        "private single-node cluster for this site.",
+    )
+    num_cpus: int = Field(
+        8,
+        ge=1,
+        description="Logical CPUs of a started cluster. Bookkeeping only: give more than the "
+        "machine has, or Serve's replicas may never be scheduled on a small machine.",
+    )
+    num_gpus: int | None = Field(
+        None, ge=0, description="GPUs of a started cluster (detected if unset)."
+    )
+    dashboard_port: int = Field(
+        8265, ge=1, le=65535, description="Ray dashboard (and REST API) port."
+    )
+    metrics_export_port: int = Field(
+        8266, ge=1, le=65535, description="Port where Ray exports Prometheus metrics."
+    )
+    temp_dir: str | None = Field(None, description="Ray's session folder (default /tmp/ray).")
+
+
+class ServeHttpConfig(StrictConfig):
+    """Where the site's OpenAI-compatible endpoint listens."""
+
+    host: str = Field("127.0.0.1", description="Bind address of the Serve HTTP proxy.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the Serve HTTP proxy.")
+    app_name: str = Field("site", pattern=NAME_PATTERN, description="Serve application name.")
+
+
+class SiteConfig(StrictConfig):
+    """A site: one Ray cluster serving a set of models through one OpenAI endpoint."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Short name of the site, e.g. polaris.")
+    ray: RayClusterConfig = Field(default_factory=RayClusterConfig)
+    serve: ServeHttpConfig = Field(default_factory=ServeHttpConfig)
+    models: list[ModelConfig] = Field(min_length=1, description="The models this site serves.")
+
+    @field_validator("models")
+    @classmethod
+    def _unique_ids(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        seen: set[str] = set()
+        for index, model in enumerate(models):
+            if model.id in seen:
+                raise ValueError(f"[{index}].id: duplicate model id {model.id!r}")
+            seen.add(model.id)
+        return models
+
+    def model(self, model_id: str) -> ModelConfig:
+        for model in self.models:
+            if model.id == model_id:
+                return model
+        raise KeyError(model_id)
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.serve.host in ("0.0.0.0", "::") else self.serve.host
+        return f"http://{host}:{self.serve.port}"
+
+
+def deployment_name(model_id: str) -> str:
+    """The Serve deployment name of a model (the name ray.serve.llm would give it)."""
+    return "LLMServer:" + re.sub(r"\.", "_", model_id.replace("/", "--"))

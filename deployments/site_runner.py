@@ -1,0 +1,142 @@
+"""Bring a site up on Ray (start or join a cluster, deploy, wait until it answers) and down again.
+
+Used by `first site up`, and by the test suite through that command. Ready
+means every model that keeps a replica warm has answered a real completion:
+`/v1/models` lists a model about half a minute before its engine can serve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import psutil
+
+from deployments.site_config import SiteConfig
+
+Progress = Callable[[str], None]
+
+
+class SiteStartError(RuntimeError):
+    """The site could not be brought up; the message says why, in one line."""
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or Path(source).exists()
+
+
+def check_sources(site: SiteConfig) -> None:
+    """Fail early, with the fix, when a model's local weights folder is missing."""
+    for index, model in enumerate(site.models):
+        if model.engine == "vllm" and model.source and _looks_like_path(model.source):
+            path = Path(model.source).expanduser()
+            if not (path / "config.json").is_file():
+                raise SiteStartError(
+                    f"models[{index}].source: no model at {path} (no config.json); build the "
+                    f"tiny model with `first model build-tiny --out {model.source}` or point "
+                    "source at a model folder or hub id"
+                )
+
+
+def start_ray(site: SiteConfig) -> None:
+    """Join the configured Ray cluster, or start a private one with the site's ports."""
+    import ray
+
+    # Ray 2.60 turns token auth on whenever ~/.ray/auth_token exists; be explicit.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if site.ray.address:
+        ray.init(address=site.ray.address, logging_level="WARNING")
+        return
+    ray.init(
+        address="local",
+        num_cpus=site.ray.num_cpus,
+        num_gpus=site.ray.num_gpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=site.ray.dashboard_port,
+        _metrics_export_port=site.ray.metrics_export_port,
+        _temp_dir=site.ray.temp_dir,
+        logging_level="WARNING",
+    )
+
+
+def deploy(site: SiteConfig) -> None:
+    """Start Serve's HTTP proxy on the site's address and run the site application."""
+    from ray import serve
+
+    from deployments.site_app import build_site_app
+
+    serve.start(http_options={"host": site.serve.host, "port": site.serve.port})
+    serve.run(build_site_app(site), name=site.serve.app_name, route_prefix="/", blocking=False)
+
+
+def wait_until_answering(site: SiteConfig, timeout_s: float, progress: Progress) -> None:
+    """Poll each warm model with a one-token completion until it answers 200."""
+    deadline = time.monotonic() + timeout_s
+    warm = [m for m in site.models if m.autoscaling.serve_config().get("initial_replicas", 1) > 0]
+    with httpx.Client(base_url=site.base_url, timeout=30.0) as client:
+        for model in warm:
+            while True:
+                try:
+                    response = client.post(
+                        "/v1/completions",
+                        json={"model": model.id, "prompt": "ping", "max_tokens": 1},
+                    )
+                    if response.status_code == 200:
+                        progress(f"model {model.id} answers")
+                        break
+                    last = f"HTTP {response.status_code}"
+                except httpx.HTTPError as exc:
+                    last = type(exc).__name__
+                if time.monotonic() > deadline:
+                    raise SiteStartError(
+                        f"model {model.id} did not answer within {timeout_s:.0f} s (last: {last})"
+                    )
+                time.sleep(1.0)
+    for model in site.models:
+        if model not in warm:
+            progress(f"model {model.id} is cold: it starts on its first request")
+
+
+def bring_up(site: SiteConfig, timeout_s: float, progress: Progress) -> None:
+    check_sources(site)
+    progress("starting Ray" if not site.ray.address else f"joining Ray at {site.ray.address}")
+    start_ray(site)
+    progress(f"deploying {len(site.models)} model(s): {', '.join(m.id for m in site.models)}")
+    deploy(site)
+    wait_until_answering(site, timeout_s, progress)
+
+
+def shut_down(site: SiteConfig) -> None:
+    """Remove what `bring_up` created: the app, Serve if we own the cluster, Ray."""
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        return
+    if site.ray.address:
+        serve.delete(site.serve.app_name)
+        ray.shutdown()
+        return
+    # Ray's dashboard and runtime-env agents can outlive ray.shutdown() as
+    # orphans: remember every process this one started, and reap the rest.
+    started = psutil.Process().children(recursive=True)
+    serve.shutdown()
+    ray.shutdown()
+    stop_processes(started, grace_s=10.0)
+
+
+def stop_processes(processes: list[psutil.Process], grace_s: float) -> None:
+    """SIGTERM the processes still alive, then SIGKILL those that outlast `grace_s`."""
+    alive = [p for p in processes if p.is_running()]
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, still_alive = psutil.wait_procs(alive, timeout=grace_s)
+    for process in still_alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()

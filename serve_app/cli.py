@@ -1,0 +1,135 @@
+"""The `first` command line: run a site, inspect it, build the tiny model.
+
+Every command has `--help`; every failure exits non-zero with one line
+that says why.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from deployments.config_loading import ConfigError, load_config
+from deployments.site_config import SiteConfig
+
+
+def _echo(message: str) -> None:
+    click.echo(f"[first] {message}", err=True)
+
+
+def _load_site(path: str, port: int | None = None) -> SiteConfig:
+    try:
+        site = load_config(path, SiteConfig)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if port is not None:
+        site.serve.port = port
+    return site
+
+
+def _usage_banner(site: SiteConfig) -> str:
+    model = site.models[0].id
+    url = site.base_url
+    return f"""
+Site {site.name!r} is serving an OpenAI-compatible API at {url}/v1
+Models: {", ".join(m.id for m in site.models)}
+
+  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 16}}'
+
+  python -c "from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='none'); \\
+print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello'}}], max_tokens=16).choices[0].message.content)"
+
+Press Ctrl-C to stop.
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """FIRST: federated, OpenAI-compatible LLM inference on Ray Serve and vLLM."""
+
+
+@main.group()
+def site() -> None:
+    """Run and inspect one site (a Ray cluster serving models)."""
+
+
+@site.command("up")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Site YAML file (see cluster_configs/local.yaml).",
+)
+@click.option("--port", type=int, default=None, help="Override serve.port from the config.")
+@click.option(
+    "--timeout-s",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="How long to wait for every warm model to answer.",
+)
+def site_up(config_path: str, port: int | None, timeout_s: float) -> None:
+    """Start or join Ray, deploy the site's models, and serve until Ctrl-C."""
+    from deployments.site_runner import SiteStartError, bring_up, shut_down
+
+    site_config = _load_site(config_path, port)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    started = time.monotonic()
+    try:
+        bring_up(site_config, timeout_s, _echo)
+        _echo(f"ready in {time.monotonic() - started:.1f} s")
+        click.echo(_usage_banner(site_config), err=True)
+        click.echo(f"READY {site_config.base_url}", err=False)
+        while True:
+            time.sleep(3600)
+    except SiteStartError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _echo("shutting down")
+        shut_down(site_config)
+
+
+@site.command("status")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Site YAML file of a running site.",
+)
+def site_status_command(config_path: str) -> None:
+    """Print the site's per-model status (replicas, requests, readiness) as JSON."""
+    from deployments.site_functions import site_status
+
+    site_config = _load_site(config_path)
+    status = site_status(site_config.model_dump())
+    click.echo(json.dumps(status, indent=2))
+    if not status["reachable"]:
+        raise click.ClickException(f"site {site_config.name!r} is not reachable: {status['error']}")
+
+
+@main.group()
+def model() -> None:
+    """Model helpers."""
+
+
+@model.command("build-tiny")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Folder to write the model into."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Weight seed.")
+def build_tiny(out: str, seed: int) -> None:
+    """Build the tiny random-weight Llama used by `make run` and the tests."""
+    from deployments.tiny_model import build_tiny_model, model_fingerprint
+
+    path = build_tiny_model(Path(out), seed=seed)
+    _echo(f"tiny model written to {path} (sha256 {model_fingerprint(path)[:12]})")

@@ -1,0 +1,97 @@
+"""Site config files: every shipped file loads, and each kind of mistake is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments.config_loading import ConfigError, load_config
+from deployments.site_config import SiteConfig
+
+REPO = Path(__file__).resolve().parents[2]
+SITE_FILES = sorted((REPO / "cluster_configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SITE_FILES, ids=lambda p: p.name)
+def test_every_shipped_site_file_loads(path):
+    site = load_config(path, SiteConfig)
+    assert site.models
+
+
+def _write(tmp_path, data) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def _site(**model) -> dict:
+    return {"name": "s", "models": [{"id": "m", "engine": "simulated", **model}]}
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            _site(autoscaling="hott"),
+            "models[0].autoscaling: unknown preset 'hott'; use hot, warm, cold",
+        ),
+        (_site(engine="sglang"), "models[0].engine: Input should be 'vllm' or 'simulated'"),
+        ({"name": "s", "models": [{"id": "m"}]}, "models[0].source: a vllm model needs a source"),
+        (_site(engine_kwargs={"ttft": 5}), "models[0].engine_kwargs.ttft: unknown field"),
+        (
+            _site(engine_kwargs={"tpot_ms": -1}),
+            "models[0].engine_kwargs.tpot_ms: Input should be greater",
+        ),
+        (
+            _site(autoscaling={"min_replicas": 3, "max_replicas": 1}),
+            "models[0].autoscaling: max_replicas (1) must be greater",
+        ),
+        (
+            _site(autoscaling={"preset": "cold", "max_replica": 2}),
+            "unknown autoscaling field 'max_replica'",
+        ),
+        (_site(resources={"cpus": 0}), "models[0].resources.cpus: Input should be greater than 0"),
+        (
+            _site(resources={"accelerator_type": "A100"}),
+            "models[0].resources: accelerator_type needs gpus >= 1",
+        ),
+        ({"name": "s", "models": []}, "models: List should have at least 1 item"),
+        (
+            {"name": "S P", "models": [{"id": "m", "engine": "simulated"}]},
+            "name: String should match pattern",
+        ),
+        ({**_site(), "serve": {"prot": 8000}}, "serve.prot: unknown field"),
+        (
+            {"name": "s", "models": [{"id": "m", "engine": "simulated"}] * 2},
+            "models[1].id: duplicate model id 'm'",
+        ),
+    ],
+)
+def test_bad_site_file_fails_naming_file_and_field(tmp_path, data, expected):
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, SiteConfig)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_unparseable_yaml_names_the_line(tmp_path):
+    path = _write(tmp_path, "name: s\nmodels: [\n  - id: m\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+"):
+        load_config(path, SiteConfig)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml", SiteConfig)
+
+
+def test_preset_and_override_merge():
+    site = SiteConfig.model_validate(_site(autoscaling={"preset": "cold", "max_replicas": 3}))
+    serve = site.models[0].autoscaling.serve_config()
+    assert serve["min_replicas"] == 0 and serve["initial_replicas"] == 0
+    assert serve["max_replicas"] == 3
