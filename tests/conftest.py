@@ -86,30 +86,27 @@ def site(tiny_model_dir, tmp_path_factory) -> Iterator[RunningSite]:
     config_path = workdir / "site.yaml"
     config_path.write_text(yaml.safe_dump(site_config_for_tests(tiny_model_dir, ray_temp)))
     log_path = workdir / "site.log"
-    with open(log_path, "w") as log:
+    out_path = workdir / "site.out"
+    with open(log_path, "w") as log, open(out_path, "w") as out:
         process = subprocess.Popen(
             [FIRST, "site", "up", "--config", str(config_path)],
-            stdout=subprocess.PIPE,
+            stdout=out,
             stderr=log,
-            text=True,
             start_new_session=True,
         )
     try:
-        base_url = _wait_for_ready(process, log_path)
+        base_url = _wait_for_ready(process, out_path, log_path)
         yield RunningSite(base_url, config_path, process, log_path)
     finally:
         _stop(process)
         shutil.rmtree(ray_temp, ignore_errors=True)
 
 
-def _wait_for_ready(process: subprocess.Popen, log_path: Path) -> str:
+def _wait_for_ready(process: subprocess.Popen, out_path: Path, log_path: Path) -> str:
+    """The URL `first site up` prints on stdout once every warm model has answered."""
     deadline = time.monotonic() + SITE_START_TIMEOUT_S
-    assert process.stdout is not None
-    os.set_blocking(process.stdout.fileno(), False)
-    buffered = ""
     while time.monotonic() < deadline:
-        buffered += process.stdout.read() or ""
-        for line in buffered.splitlines():
+        for line in out_path.read_text().splitlines():
             if line.startswith("READY "):
                 return line.split(" ", 1)[1].strip()
         if process.poll() is not None:
