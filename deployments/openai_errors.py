@@ -11,6 +11,7 @@ right status, a user-facing message and the request id in `X-Request-Id`.
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -21,6 +22,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.responses import JSONResponse, Response
 
 logger = logging.getLogger(__name__)
+_VLLM_PARAMETER = re.compile(r"\s*\(parameter=(?P<name>\w+), value=[^)]*\)\s*$")
 
 _TYPE_BY_STATUS = {
     401: "authentication_error",
@@ -89,7 +91,10 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 async def _openai_exception(request: Request, exc: OpenAIHTTPException) -> JSONResponse:
     code = exc.type if isinstance(exc, UnknownModelError | MissingModelError) else None
-    return _json_error(exc.status_code, exc.message, code=code)
+    # vLLM ends validation messages with "(parameter=NAME, value=...)": make that the param.
+    match = _VLLM_PARAMETER.search(exc.message)
+    message = exc.message[: match.start()] if match else exc.message
+    return _json_error(exc.status_code, message, param=match and match["name"], code=code)
 
 
 async def _http_exception(request: Request, exc: StarletteHTTPException) -> Response:

@@ -122,10 +122,11 @@ def shut_down(site: SiteConfig) -> None:
         serve.delete(site.serve.app_name)
         ray.shutdown()
         return
-    # Ray's dashboard and runtime-env agents can outlive ray.shutdown() as
-    # orphans: remember every process this one started, and reap the rest.
+    # The cluster is ours and about to go: no point draining Serve replicas one
+    # by one (vLLM engines took over 90 s). Ray's dashboard and runtime-env
+    # agents can outlive ray.shutdown() as orphans, so remember every process
+    # this one started and reap what is left.
     started = psutil.Process().children(recursive=True)
-    serve.shutdown()
     ray.shutdown()
     stop_processes(started, grace_s=10.0)
 

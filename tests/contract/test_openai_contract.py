@@ -144,3 +144,4 @@ def test_non_positive_max_tokens_returns_400(client, target, max_tokens):
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=target.model, messages=HELLO, max_tokens=max_tokens)
     assert "max_tokens" in caught.value.message
+    assert "(parameter=" not in caught.value.message
