@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -49,6 +48,16 @@ Press Ctrl-C to stop.
 """
 
 
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM both lead to a clean shutdown."""
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """FIRST: federated, OpenAI-compatible LLM inference on Ray Serve and vLLM."""
@@ -80,10 +89,11 @@ def site_up(config_path: str, port: int | None, timeout_s: float) -> None:
     from deployments.site_runner import SiteStartError, bring_up, shut_down
 
     site_config = _load_site(config_path, port)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    _stop_on_signals()
     started = time.monotonic()
     try:
         bring_up(site_config, timeout_s, _echo)
+        _stop_on_signals()  # ray.init replaces the handlers; Ctrl-C must still stop us
         _echo(f"ready in {time.monotonic() - started:.1f} s")
         click.echo(_usage_banner(site_config), err=True)
         click.echo(f"READY {site_config.base_url}", err=False)
