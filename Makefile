@@ -10,6 +10,7 @@ DEPS_HASH := $(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 TINY_MODEL := .first/models/tiny-llama
 SITE_CONFIG ?= cluster_configs/local.yaml
+FEDERATION_CONFIG ?= cluster_configs/local-federation.yaml
 # Wheels shipped on the machine (the CPU build of torch) are preferred when present.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
@@ -34,7 +35,7 @@ $(TINY_MODEL)/config.json: | $(STAMP)
 	$(BIN)/first model build-tiny --out $(TINY_MODEL)
 
 run: install $(TINY_MODEL)/config.json
-	$(BIN)/first site up --config $(SITE_CONFIG)
+	$(BIN)/first gateway up --config $(FEDERATION_CONFIG)
 
 test: install
 	$(BIN)/pytest

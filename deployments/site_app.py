@@ -25,8 +25,8 @@ from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 
-from deployments.openai_errors import MissingModelError, UnknownModelError, register_error_handlers
 from deployments.site_config import SIMULATED_ENGINE_KEY, ModelConfig, SiteConfig
+from deployments.site_errors import MissingModelError, UnknownModelError, register_error_handlers
 
 # Ray's default for the ingress is effectively unbounded; the engines queue.
 INGRESS_MAX_ONGOING_REQUESTS = 10_000

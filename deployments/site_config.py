@@ -163,6 +163,12 @@ class ServeHttpConfig(StrictConfig):
     host: str = Field("127.0.0.1", description="Bind address of the Serve HTTP proxy.")
     port: int = Field(8000, ge=1, le=65535, description="Port of the Serve HTTP proxy.")
     app_name: str = Field("site", pattern=NAME_PATTERN, description="Serve application name.")
+    route_prefix: str = Field(
+        "/",
+        pattern=r"^/([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$",
+        description="Path under which the site's API is served (`/` unless the site shares a "
+        "Serve HTTP proxy with a gateway).",
+    )
 
 
 class SiteConfig(StrictConfig):
@@ -192,7 +198,8 @@ class SiteConfig(StrictConfig):
     @property
     def base_url(self) -> str:
         host = "127.0.0.1" if self.serve.host in ("0.0.0.0", "::") else self.serve.host
-        return f"http://{host}:{self.serve.port}"
+        prefix = self.serve.route_prefix.rstrip("/")
+        return f"http://{host}:{self.serve.port}{prefix}"
 
 
 def deployment_name(model_id: str) -> str:

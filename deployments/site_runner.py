@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from deployments.site_config import SiteConfig
+from deployments.site_config import RayClusterConfig, SiteConfig
 
 Progress = Callable[[str], None]
 
@@ -42,24 +42,24 @@ def check_sources(site: SiteConfig) -> None:
                 )
 
 
-def start_ray(site: SiteConfig) -> None:
-    """Join the configured Ray cluster, or start a private one with the site's ports."""
+def start_ray(cluster: RayClusterConfig) -> None:
+    """Join the configured Ray cluster, or start a private one with the configured ports."""
     import ray
 
     # Ray 2.60 turns token auth on whenever ~/.ray/auth_token exists; be explicit.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if site.ray.address:
-        ray.init(address=site.ray.address, logging_level="WARNING")
+    if cluster.address:
+        ray.init(address=cluster.address, logging_level="WARNING")
         return
     ray.init(
         address="local",
-        num_cpus=site.ray.num_cpus,
-        num_gpus=site.ray.num_gpus,
+        num_cpus=cluster.num_cpus,
+        num_gpus=cluster.num_gpus,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
-        dashboard_port=site.ray.dashboard_port,
-        _metrics_export_port=site.ray.metrics_export_port,
-        _temp_dir=site.ray.temp_dir,
+        dashboard_port=cluster.dashboard_port,
+        _metrics_export_port=cluster.metrics_export_port,
+        _temp_dir=cluster.temp_dir,
         logging_level="WARNING",
     )
 
@@ -71,7 +71,12 @@ def deploy(site: SiteConfig) -> None:
     from deployments.site_app import build_site_app
 
     serve.start(http_options={"host": site.serve.host, "port": site.serve.port})
-    serve.run(build_site_app(site), name=site.serve.app_name, route_prefix="/", blocking=False)
+    serve.run(
+        build_site_app(site),
+        name=site.serve.app_name,
+        route_prefix=site.serve.route_prefix,
+        blocking=False,
+    )
 
 
 def wait_until_answering(site: SiteConfig, timeout_s: float, progress: Progress) -> None:
@@ -105,21 +110,22 @@ def wait_until_answering(site: SiteConfig, timeout_s: float, progress: Progress)
 def bring_up(site: SiteConfig, timeout_s: float, progress: Progress) -> None:
     check_sources(site)
     progress("starting Ray" if not site.ray.address else f"joining Ray at {site.ray.address}")
-    start_ray(site)
+    start_ray(site.ray)
     progress(f"deploying {len(site.models)} model(s): {', '.join(m.id for m in site.models)}")
     deploy(site)
     wait_until_answering(site, timeout_s, progress)
 
 
-def shut_down(site: SiteConfig) -> None:
-    """Remove what `bring_up` created: the app, Serve if we own the cluster, Ray."""
+def shut_down(cluster: RayClusterConfig, app_names: list[str]) -> None:
+    """Remove what was deployed: the apps on a joined cluster, or the whole private cluster."""
     import ray
     from ray import serve
 
     if not ray.is_initialized():
         return
-    if site.ray.address:
-        serve.delete(site.serve.app_name)
+    if cluster.address:
+        for name in app_names:
+            serve.delete(name)
         ray.shutdown()
         return
     # The cluster is ours and about to go: no point draining Serve replicas one

@@ -1,4 +1,4 @@
-"""The `first` command line: run a site, inspect it, build the tiny model.
+"""The `first` command line: run the gateway or a site, inspect a site, build the tiny model.
 
 Every command has `--help`; every failure exits non-zero with one line
 that says why.
@@ -105,7 +105,7 @@ def site_up(config_path: str, port: int | None, timeout_s: float) -> None:
         pass
     finally:
         _echo("shutting down")
-        shut_down(site_config)
+        shut_down(site_config.ray, [site_config.serve.app_name])
 
 
 @site.command("status")
@@ -125,6 +125,101 @@ def site_status_command(config_path: str) -> None:
     click.echo(json.dumps(status, indent=2))
     if not status["reachable"]:
         raise click.ClickException(f"site {site_config.name!r} is not reachable: {status['error']}")
+
+
+@main.group()
+def gateway() -> None:
+    """Run the federating gateway: one OpenAI endpoint over many sites."""
+
+
+def _gateway_banner(url: str, models: list[str]) -> str:
+    model = models[0] if models else "MODEL"
+    return f"""
+The gateway is serving an OpenAI-compatible API at {url}/v1
+Models: {", ".join(models)}   (sites and their state: {url}/health, {url}/v1/models)
+
+  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 16}}'
+
+  python -c "from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='none'); \\
+print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello'}}], max_tokens=16).choices[0].message.content)"
+
+Press Ctrl-C to stop.
+"""
+
+
+@gateway.command("up")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Federation YAML file (see cluster_configs/local-federation.yaml).",
+)
+@click.option(
+    "--standalone",
+    is_flag=True,
+    help="Serve the gateway under uvicorn in this process instead of on Ray Serve.",
+)
+@click.option("--port", type=int, default=None, help="Override gateway.port from the config.")
+@click.option(
+    "--timeout-s",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="How long to wait for the colocated sites' warm models to answer.",
+)
+def gateway_up(config_path: str, standalone: bool, port: int | None, timeout_s: float) -> None:
+    """Start the gateway (and its colocated sites) and serve until Ctrl-C."""
+    from deployments.site_runner import shut_down
+    from serve_app.config import FederationConfig, load_federation
+    from serve_app.hosting import (
+        GatewayStartError,
+        bring_up_on_serve,
+        gateway_url,
+        serve_standalone,
+        verify_channels,
+    )
+    from serve_app.settings import Settings
+
+    try:
+        config = load_federation(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if port is not None:
+        data = config.model_dump()
+        data["gateway"]["port"] = port
+        config = FederationConfig.model_validate(data)
+    url = gateway_url(config)
+    models = sorted({m.id for s in config.sites for m in s.site_config.models})
+
+    def announce() -> None:
+        click.echo(_gateway_banner(url, models), err=True)
+        click.echo(f"READY {url}", err=False)
+
+    started = time.monotonic()
+    try:
+        verify_channels(config, Settings.from_environment(), _echo)
+        if standalone:
+            _echo(f"serving standalone on {url}")
+            serve_standalone(config, announce)
+            return
+        _stop_on_signals()
+        try:
+            bring_up_on_serve(config, timeout_s, _echo)
+            _stop_on_signals()  # ray.init replaces the handlers; Ctrl-C must still stop us
+            _echo(f"ready in {time.monotonic() - started:.1f} s")
+            announce()
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            _echo("shutting down")
+            apps = [s.serve.app_name for s in config.colocated_sites] + [config.gateway.app_name]
+            shut_down(config.gateway.ray, apps)
+    except GatewayStartError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()

@@ -1,7 +1,8 @@
 """Targets of the OpenAI contract suite: an `openai` client and a model name.
 
-Each target is one way to reach a model. The same tests run against every
-target; later issues add the ingress in front of each engine as targets.
+Each target is one way to reach a model: the site directly, the gateway on
+Ray Serve in front of it, and the same gateway app standalone under uvicorn.
+The same tests run against every target.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import openai
 import pytest
 
-from tests.conftest import SIMULATED_MODEL, VLLM_MODEL
+from tests.conftest import SIMULATED_MODEL, TINY_CONTEXT, VLLM_MODEL
 
 
 @dataclass
@@ -24,16 +25,22 @@ class Target:
         return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key="unused", **kwargs)
 
 
-TARGETS = {
-    "site-vllm": (VLLM_MODEL, 256),
-    "site-simulated": (SIMULATED_MODEL, 2048),
-}
+ENGINES = {"vllm": (VLLM_MODEL, TINY_CONTEXT), "simulated": (SIMULATED_MODEL, 2048)}
+HOSTS = ("site", "gateway", "standalone")
+TARGETS = [f"{host}-{engine}" for host in HOSTS for engine in ENGINES]
 
 
-@pytest.fixture(params=list(TARGETS), scope="session")
-def target(request, site) -> Target:
-    model, context = TARGETS[request.param]
-    return Target(base_url=site.base_url, model=model, context_length=context)
+@pytest.fixture(params=TARGETS, scope="session")
+def target(request) -> Target:
+    host, engine = request.param.split("-", 1)
+    if host == "site":
+        base_url = request.getfixturevalue("site").base_url
+    elif host == "gateway":
+        base_url = request.getfixturevalue("stack").gateway_url
+    else:
+        base_url = request.getfixturevalue("standalone_gateway")
+    model, context = ENGINES[engine]
+    return Target(base_url=base_url, model=model, context_length=context)
 
 
 @pytest.fixture(scope="session")

@@ -75,7 +75,9 @@ def test_streaming_completion_ends_with_finish_reason(client, target):
         model=target.model, prompt="Once upon a time", max_tokens=6, stream=True
     )
     chunks = list(stream)
-    assert len([c for c in chunks if c.choices and c.choices[0].text]) >= 3
+    # A random-weight model often emits byte tokens that only decode together, so
+    # some chunks carry empty text: count the chunks, not the non-empty texts.
+    assert len([c for c in chunks if c.choices]) >= 3, f"expected several chunks, got {chunks}"
     assert chunks[-1].choices[0].finish_reason == "length"
 
 

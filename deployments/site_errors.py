@@ -1,0 +1,68 @@
+"""OpenAI-shaped errors for the site application.
+
+Stock `ray.serve.llm` answers an unknown model with FastAPI's bare
+`{"detail": ...}` and appends `Internal exception: ray.llm._internal...` to
+its 400 messages. A site is a public-facing OpenAI endpoint, so every error
+leaves here in the OpenAI envelope with the right status, a user-facing
+message and the request id in `X-Request-Id`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.responses import JSONResponse
+
+from deployments.openai_errors import (
+    catch_all,
+    error_response,
+    http_exception_handler,
+    validation_error_handler,
+)
+
+_VLLM_PARAMETER = re.compile(r"\s*\(parameter=(?P<name>\w+), value=[^)]*\)\s*$")
+
+
+class UnknownModelError(OpenAIHTTPException):
+    """A request named a model this endpoint does not serve."""
+
+    def __init__(self, model: str, available: list[str]):
+        super().__init__(
+            status_code=404,
+            message=f"The model {model!r} does not exist. Available models: "
+            f"{', '.join(sorted(available))}.",
+            type="model_not_found",
+        )
+
+
+class MissingModelError(OpenAIHTTPException):
+    """A request named no model while several are served."""
+
+    def __init__(self, available: list[str]):
+        super().__init__(
+            status_code=400,
+            message="The request must name a `model`; this endpoint serves "
+            f"{', '.join(sorted(available))}.",
+            type="missing_model",
+        )
+
+
+async def _openai_exception(request: Request, exc: OpenAIHTTPException) -> JSONResponse:
+    code = exc.type if isinstance(exc, UnknownModelError | MissingModelError) else None
+    # vLLM ends validation messages with "(parameter=NAME, value=...)": make that the param.
+    match = _VLLM_PARAMETER.search(exc.message)
+    message = exc.message[: match.start()] if match else exc.message
+    return error_response(exc.status_code, message, param=match and match["name"], code=code)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """Route every failure of `app` through the OpenAI envelope."""
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(OpenAIHTTPException, _openai_exception)
+    app.add_exception_handler(StarletteHTTPException, http_exception_handler)
+    app.add_middleware(BaseHTTPMiddleware, dispatch=catch_all)

@@ -1,0 +1,144 @@
+"""The gateway's one error path: typed errors in, OpenAI envelopes out.
+
+Code raises a `GatewayError` subclass; the handlers registered here turn it,
+FastAPI's validation errors and Starlette's routing errors into
+`{"error": {"message", "type", "param", "code"}}` with the right status.
+The envelope itself and the wording of validation errors are shared with the
+site (`deployments.openai_errors`), so a client sees the same errors from a
+site and from the gateway. Unhandled exceptions are caught by
+`RequestContextMiddleware` (serve_app/middleware.py).
+"""
+
+from __future__ import annotations
+
+from email.message import Message
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from deployments.openai_errors import (
+    describe_request_errors,
+    error_response,
+    http_exception_handler,
+)
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway answers with; subclasses fix status and code."""
+
+    status = 500
+    code: str | None = None
+
+    def __init__(self, message: str, param: str | None = None, retry_after_s: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after_s = retry_after_s
+
+    def response(self) -> JSONResponse:
+        response = error_response(self.status, self.message, self.param, self.code)
+        if self.retry_after_s is not None:
+            response.headers["Retry-After"] = str(self.retry_after_s)
+        return response
+
+
+class InvalidRequestError(GatewayError):
+    status = 400
+    code = "invalid_value"
+
+
+class ModelNotFoundError(GatewayError):
+    status = 404
+    code = "model_not_found"
+
+
+class SiteNotFoundError(GatewayError):
+    status = 404
+    code = "site_not_found"
+
+
+class PayloadTooLargeError(GatewayError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(GatewayError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class UpstreamError(GatewayError):
+    """A site answered with something that is not an OpenAI response."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class NoSiteAvailableError(GatewayError):
+    """No healthy site can take the request now; the client should retry later."""
+
+    status = 503
+    code = "no_site_available"
+
+
+class UpstreamTimeoutError(GatewayError):
+    status = 504
+    code = "upstream_timeout"
+
+
+# Statuses every API route may answer, for the OpenAPI schema.
+DOCUMENTED_ERRORS = {
+    400: "Malformed request: not JSON, a missing or invalid field.",
+    404: "Unknown model, site or route.",
+    413: "Request body larger than the gateway accepts.",
+    415: "Request body is not application/json.",
+    500: "The gateway failed; the message carries the request id.",
+    502: "A site answered with something that is not an OpenAI response.",
+    503: "No site can serve the model now; see Retry-After.",
+    504: "The site did not answer in time.",
+}
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return True
+    message = Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+    return exc.response()
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    content_type = request.headers.get("content-type")
+    if not _is_json(content_type):
+        return UnsupportedMediaTypeError(
+            f"The request body must be application/json, not {content_type}."
+        ).response()
+    message, param, code = describe_request_errors(list(exc.errors()))
+    return error_response(400, message, param=param, code=code)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """Route every handled failure of `app` through the OpenAI envelope."""
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_exception_handler)
+
+
+def documented_errors(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` entries for error statuses (all of them by default)."""
+    from serve_app.protocol import ErrorResponse
+
+    chosen = statuses or tuple(DOCUMENTED_ERRORS)
+    return {
+        status: {"model": ErrorResponse, "description": DOCUMENTED_ERRORS[status]}
+        for status in chosen
+    }

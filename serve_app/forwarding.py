@@ -1,0 +1,186 @@
+"""Forwarding one OpenAI request to a site, with retries before the first byte.
+
+One pooled `httpx.AsyncClient` per site. A request goes to the sites in the
+order placement chose; a site that fails before its response starts
+(refused, reset, timed out, or 502/503/504) is skipped for the next, and its
+circuit breaker hears of it. Once a site has started answering, the answer
+is the site's: streams pass through chunk by chunk as they arrive, and a
+stream that the site cuts ends with one OpenAI error event, never a hang.
+Non-streaming answers are small and read whole, so a non-OpenAI error body
+can be replaced by a proper envelope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+import httpx
+from starlette.responses import Response, StreamingResponse
+
+from deployments.openai_errors import error_body
+from serve_app.errors import NoSiteAvailableError, UpstreamError, UpstreamTimeoutError
+from serve_app.site_state import SiteState
+
+logger = logging.getLogger(__name__)
+RETRYABLE_STATUSES = frozenset({502, 503, 504})
+# Site responses that carry the site's own headers worth passing on.
+PASSED_HEADERS = ("content-type", "retry-after")
+# Which site answered: for users chasing a slow answer, and for the routing tests.
+SITE_HEADER = "x-first-site"
+
+
+def build_site_client(state: SiteState) -> httpx.AsyncClient:
+    timeouts = state.config.timeouts
+    return httpx.AsyncClient(
+        base_url=state.config.url,
+        timeout=httpx.Timeout(
+            connect=timeouts.connect_s, read=timeouts.read_s, write=timeouts.read_s, pool=None
+        ),
+        # Hundreds of concurrent streams per site are normal; keep their connections.
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=512),
+        headers={"content-type": "application/json"},
+    )
+
+
+class _Attempt:
+    """What went wrong with the sites tried so far, for the final error."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+        self.timed_out = False
+
+
+class Forwarder:
+    def __init__(self, sites: dict[str, SiteState], retry_after_s: int):
+        self.sites = sites
+        self.retry_after_s = retry_after_s
+        self.clients = {name: build_site_client(state) for name, state in sites.items()}
+
+    async def close(self) -> None:
+        await asyncio.gather(*(client.aclose() for client in self.clients.values()))
+
+    async def forward(self, path: str, body: bytes, request_id: str, order: list[str]) -> Response:
+        """Send to the first site in `order` that starts answering; return its answer."""
+        attempt = _Attempt()
+        for name in order:
+            state = self.sites[name]
+            now = time.monotonic()
+            if not state.breaker.acquire(now):
+                attempt.failures.append(f"{name}: circuit open")
+                continue
+            response = await self._send(state, path, body, request_id, attempt)
+            if response is not None:
+                return await self._relay(state, response)
+        summary = "; ".join(attempt.failures) or "no site tried"
+        if attempt.timed_out:
+            raise UpstreamTimeoutError(f"No site answered in time ({summary}).")
+        raise NoSiteAvailableError(
+            f"No site could take the request ({summary}). Retry later.",
+            retry_after_s=self.retry_after_s,
+        )
+
+    async def _send(
+        self, state: SiteState, path: str, body: bytes, request_id: str, attempt: _Attempt
+    ) -> httpx.Response | None:
+        client = self.clients[state.name]
+        request = client.build_request(
+            "POST", path, content=body, headers={"x-request-id": request_id}
+        )
+        started = time.monotonic()
+        state.in_flight += 1
+        try:
+            response = await asyncio.wait_for(
+                client.send(request, stream=True), state.config.timeouts.first_byte_s
+            )
+        except (httpx.TransportError, TimeoutError) as exc:
+            state.in_flight -= 1
+            state.breaker.record_failure(time.monotonic())
+            timed_out = isinstance(exc, TimeoutError | httpx.TimeoutException)
+            attempt.timed_out |= timed_out
+            attempt.failures.append(f"{state.name}: {_describe(exc)}")
+            logger.warning("site %s failed before answering: %s", state.name, _describe(exc))
+            return None
+        except BaseException:
+            state.in_flight -= 1  # the client went away while we waited
+            raise
+        if response.status_code in RETRYABLE_STATUSES:
+            await _close(response)
+            state.in_flight -= 1
+            state.breaker.record_failure(time.monotonic())
+            attempt.failures.append(f"{state.name}: HTTP {response.status_code}")
+            return None
+        state.breaker.record_success()
+        state.record_latency(time.monotonic() - started)
+        return response
+
+    async def _relay(self, state: SiteState, response: httpx.Response) -> Response:
+        headers = {k: v for k in PASSED_HEADERS if (v := response.headers.get(k))}
+        headers[SITE_HEADER] = state.name
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            return StreamingResponse(
+                self._stream(state, response),
+                status_code=response.status_code,
+                headers=headers,
+            )
+        try:
+            remaining = state.config.timeouts.total_s
+            content = await asyncio.wait_for(response.aread(), remaining)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise UpstreamError(
+                f"Site {state.name} broke off its answer: {_describe(exc)}."
+            ) from None
+        finally:
+            state.in_flight -= 1
+            await _close(response)
+        if response.status_code >= 400 and not _is_openai_error(content):
+            raise UpstreamError(
+                f"Site {state.name} answered HTTP {response.status_code} without an OpenAI error."
+            )
+        return Response(content, status_code=response.status_code, headers=headers)
+
+    async def _stream(self, state: SiteState, response: httpx.Response) -> AsyncIterator[bytes]:
+        deadline = time.monotonic() + state.config.timeouts.total_s
+        try:
+            async for chunk in response.aiter_raw():
+                yield chunk
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the stream ran past its total time limit")
+        except (httpx.HTTPError, TimeoutError) as exc:
+            state.breaker.record_failure(time.monotonic())
+            message = f"Site {state.name} broke off the stream: {_describe(exc)}."
+            logger.warning(message)
+            yield sse_error_event(message, 502, "upstream_error")
+        finally:
+            # A client that went away cancels this generator: release the site's
+            # request (Serve then cancels it in the engine) even while cancelled.
+            state.in_flight -= 1
+            await _close(response)
+
+
+async def _close(response: httpx.Response) -> None:
+    with anyio.CancelScope(shield=True):
+        await response.aclose()
+
+
+def sse_error_event(message: str, status: int, code: str) -> bytes:
+    """The last event of a stream that failed after it started."""
+    return f"data: {json.dumps(error_body(message, status, code=code))}\n\n".encode()
+
+
+def _is_openai_error(content: bytes) -> bool:
+    try:
+        error = json.loads(content).get("error")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(error, dict) and "message" in error
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

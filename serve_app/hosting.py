@@ -1,0 +1,161 @@
+"""The two ways to host the gateway's app, and the start-up checks they share.
+
+- Serve (the default): start or join the gateway's Ray cluster, deploy the
+  colocated sites and the ingress deployment behind one Serve proxy, and wait
+  until every warm colocated model answers a completion through the gateway.
+- Standalone: the same FastAPI app under uvicorn in this process, for a small
+  VM outside Ray or the lowest overhead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx
+
+from deployments.site_runner import (
+    Progress,
+    SiteStartError,
+    check_sources,
+    deploy,
+    start_ray,
+    wait_until_answering,
+)
+from serve_app.config import FederationConfig
+from serve_app.control_channel import ChannelError, build_channels
+from serve_app.settings import Settings
+
+
+class GatewayStartError(RuntimeError):
+    """The gateway could not start; the message says why, in one line."""
+
+
+def gateway_url(config: FederationConfig) -> str:
+    host = config.gateway.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{host}:{config.gateway.port}"
+
+
+def verify_channels(config: FederationConfig, settings: Settings, progress: Progress) -> None:
+    """Build every site's control channel and prove it works, before anything starts."""
+    try:
+        channels = build_channels(config, settings)
+    except ChannelError as exc:
+        raise GatewayStartError(str(exc)) from None
+    try:
+        for name, channel in channels.items():
+            try:
+                channel.verify()
+            except ChannelError as exc:
+                raise GatewayStartError(f"site {name}: {exc}") from None
+        progress(f"control channels ready for {len(channels)} site(s)")
+    finally:
+        for channel in channels.values():
+            channel.close()
+
+
+def bring_up_on_serve(config: FederationConfig, timeout_s: float, progress: Progress) -> None:
+    """Deploy the colocated sites and the ingress on Serve, and wait until they answer."""
+    from ray import serve
+
+    from serve_app.ingress import build_gateway_app
+
+    deadline = time.monotonic() + timeout_s
+    try:
+        for site in config.colocated_sites:
+            check_sources(site)
+        ray_at = config.gateway.ray.address
+        progress(f"joining Ray at {ray_at}" if ray_at else "starting Ray")
+        start_ray(config.gateway.ray)
+        for site in config.colocated_sites:
+            progress(f"deploying site {site.name}: {', '.join(m.id for m in site.models)}")
+            deploy(site)
+        progress("deploying the gateway")
+        serve.run(
+            build_gateway_app(config),
+            name=config.gateway.app_name,
+            route_prefix="/",
+            blocking=False,
+        )
+        for site in config.colocated_sites:
+            wait_until_answering(site, max(deadline - time.monotonic(), 1.0), progress)
+    except SiteStartError as exc:
+        raise GatewayStartError(str(exc)) from None
+    wait_until_gateway_answers(config, deadline, progress)
+
+
+def wait_until_gateway_answers(
+    config: FederationConfig, deadline: float, progress: Progress
+) -> None:
+    """The gateway answers /health, and a completion for every warm colocated model."""
+    models = [
+        model.id
+        for site in config.colocated_sites
+        for model in site.models
+        if model.autoscaling.serve_config().get("initial_replicas", 1) > 0
+    ]
+    with httpx.Client(base_url=gateway_url(config), timeout=30.0) as client:
+        _poll(lambda: client.get("/health"), "the gateway's /health", deadline)
+        for model in models:
+            _poll(
+                lambda m=model: client.post(
+                    "/v1/completions", json={"model": m, "prompt": "ping", "max_tokens": 1}
+                ),
+                f"model {model} through the gateway",
+                deadline,
+            )
+            progress(f"model {model} answers through the gateway")
+
+
+def _poll(call: Callable[[], httpx.Response], what: str, deadline: float) -> None:
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = call()
+            if response.status_code == 200:
+                return
+            last = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.5)
+    raise GatewayStartError(f"{what} did not answer in time (last: {last})")
+
+
+def serve_standalone(config: FederationConfig, on_ready: Callable[[], None]) -> None:
+    """Run the app under uvicorn in this process until SIGINT or SIGTERM."""
+    import uvicorn
+
+    from serve_app.app import build_app
+
+    if config.colocated_sites:
+        names = ", ".join(s.name for s in config.sites if s.colocated)
+        raise GatewayStartError(
+            f"colocated sites ({names}) need the Serve host; start them with `first site up` "
+            "and list them with a base_url, or drop --standalone"
+        )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(config),
+            host=config.gateway.host,
+            port=config.gateway.port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+    )
+
+    async def run() -> None:
+        serving = asyncio.create_task(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            on_ready()
+        await serving
+
+    asyncio.run(run())
+    if not server.started:
+        raise GatewayStartError(
+            f"could not listen on {config.gateway.host}:{config.gateway.port} (in use?)"
+        )

@@ -1,0 +1,86 @@
+"""POST /v1/chat/completions, /v1/completions, /v1/embeddings: validated, then forwarded."""
+
+# No `from __future__ import annotations`: FastAPI must see the Annotated
+# dependencies built inside the router factories.
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from serve_app.errors import documented_errors
+from serve_app.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    OpenAIModel,
+)
+from serve_app.routes.dependencies import PINNED_PREFIX, GatewayDep, any_site, pinned_site
+
+STREAM_DOC = {"text/event-stream": {"schema": {"type": "string"}}}
+
+
+def _responses(model: type[OpenAIModel], streams: bool) -> dict:
+    ok: dict = {"model": model, "description": "The site's answer, passed through."}
+    if streams:
+        ok["content"] = STREAM_DOC
+    return {200: ok, **documented_errors()}
+
+
+def _payload(body: OpenAIModel) -> bytes:
+    # Explicit nulls mean "default" in OpenAI's API; some servers choke on them.
+    return body.model_dump_json(exclude_none=True).encode()
+
+
+def build_inference_router(pinned: bool) -> APIRouter:
+    """The inference routes, at /v1 or pinned to one site at /sites/{site}/v1."""
+    router = APIRouter(prefix=PINNED_PREFIX if pinned else "", tags=["inference"])
+    site_of = pinned_site if pinned else any_site
+
+    @router.post(
+        "/v1/chat/completions",
+        response_model=None,
+        responses=_responses(ChatCompletionResponse, streams=True),
+    )
+    async def create_chat_completion(
+        body: ChatCompletionRequest,
+        request: Request,
+        gateway: GatewayDep,
+        site: Annotated[str | None, Depends(site_of)],
+    ) -> Response:
+        """Chat completion on the least-loaded site serving the model; streams with `stream`."""
+        return await gateway.forward(
+            request, "/v1/chat/completions", _payload(body), body.model, site
+        )
+
+    @router.post(
+        "/v1/completions",
+        response_model=None,
+        responses=_responses(CompletionResponse, streams=True),
+    )
+    async def create_completion(
+        body: CompletionRequest,
+        request: Request,
+        gateway: GatewayDep,
+        site: Annotated[str | None, Depends(site_of)],
+    ) -> Response:
+        """Text completion on the least-loaded site serving the model."""
+        return await gateway.forward(request, "/v1/completions", _payload(body), body.model, site)
+
+    @router.post(
+        "/v1/embeddings",
+        response_model=None,
+        responses=_responses(EmbeddingResponse, streams=False),
+    )
+    async def create_embedding(
+        body: EmbeddingRequest,
+        request: Request,
+        gateway: GatewayDep,
+        site: Annotated[str | None, Depends(site_of)],
+    ) -> Response:
+        """Embeddings from a site that serves the model as an embedding model."""
+        return await gateway.forward(request, "/v1/embeddings", _payload(body), body.model, site)
+
+    return router

@@ -1,0 +1,36 @@
+"""GET /v1/models and /v1/models/{id}: the union of the sites' models, with where each runs."""
+
+# No `from __future__ import annotations`: FastAPI must see the Annotated
+# dependencies built inside the router factories.
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from serve_app.errors import documented_errors
+from serve_app.protocol import ModelCard, ModelList
+from serve_app.routes.dependencies import PINNED_PREFIX, GatewayDep, any_site, pinned_site
+
+
+def build_models_router(pinned: bool) -> APIRouter:
+    router = APIRouter(prefix=PINNED_PREFIX if pinned else "", tags=["models"])
+    site_of = pinned_site if pinned else any_site
+
+    @router.get("/v1/models", response_model=ModelList, responses=documented_errors(404, 500))
+    async def list_models(
+        gateway: GatewayDep, site: Annotated[str | None, Depends(site_of)]
+    ) -> ModelList:
+        """Every model some site serves, with each site's state for it."""
+        return gateway.models(site)
+
+    @router.get(
+        "/v1/models/{model_id:path}",
+        response_model=ModelCard,
+        responses=documented_errors(404, 500),
+    )
+    async def retrieve_model(
+        model_id: str, gateway: GatewayDep, site: Annotated[str | None, Depends(site_of)]
+    ) -> ModelCard:
+        """One model and the sites that serve it; 404 if no site does."""
+        return gateway.model(model_id, site)
+
+    return router

@@ -1,0 +1,141 @@
+"""A federation of simulated sites for the routing, failover and fuzzing tests.
+
+Two sites, east and west, each its own Ray cluster started with
+`first site up` (as a real site would be), plus a third site, ghost, that is
+listed but never started. One standalone gateway fronts all three, polling
+fast so failures show within a second or two.
+
+- sim-even: the same engine on east and west (load must split evenly);
+- sim-skew: fast on east, slow on west (most traffic must go east);
+- sim-fast: east only, zero delay (the fuzzer's target);
+- sim-ghost: only on the ghost site (no healthy site serves it: 503).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serve_app.cli_process import FirstProcess
+from tests.conftest import free_port, private_ray_temp
+
+SITE_START_TIMEOUT_S = 300
+
+
+def _simulated(model_id: str, ttft_ms: float, tpot_ms: float) -> dict:
+    return {
+        "id": model_id,
+        "engine": "simulated",
+        "engine_kwargs": {"ttft_ms": ttft_ms, "tpot_ms": tpot_ms, "max_num_seqs": 64},
+        "resources": {"cpus": 0.5},
+        "stream_interval_ms": 0,
+    }
+
+
+SITE_MODELS = {
+    "east": [
+        _simulated("sim-even", 20, 5),
+        _simulated("sim-skew", 10, 2),
+        _simulated("sim-fast", 0, 0),
+    ],
+    "west": [_simulated("sim-even", 20, 5), _simulated("sim-skew", 200, 40)],
+}
+
+
+@dataclass
+class SimulatedSite:
+    """A site in its own `first site up` process that a test may stop and start again."""
+
+    name: str
+    workdir: Path
+    config: dict
+    process: FirstProcess | None = None
+    ray_temps: list[Path] = field(default_factory=list)
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / f"{self.name}.yaml"
+
+    def start(self) -> None:
+        temp = private_ray_temp()
+        self.ray_temps.append(temp)
+        self.config["ray"]["temp_dir"] = str(temp)
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        self.process = FirstProcess.start(
+            ["site", "up", "--config", str(self.config_path)], self.workdir, self.name
+        )
+
+    def wait_ready(self) -> None:
+        assert self.process is not None
+        self.process.wait_ready(SITE_START_TIMEOUT_S)
+
+    def stop(self, grace_s: float = 90.0) -> None:
+        if self.process is not None:
+            self.process.stop(grace_s)
+
+    def cleanup(self) -> None:
+        self.stop()
+        for temp in self.ray_temps:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _site_config(name: str, models: list[dict]) -> dict:
+    return {
+        "name": name,
+        "ray": {"dashboard_port": free_port(), "metrics_export_port": free_port()},
+        "serve": {"port": free_port()},
+        "models": models,
+    }
+
+
+@dataclass
+class Federation:
+    gateway_url: str
+    sites: dict[str, SimulatedSite]
+
+
+@pytest.fixture(scope="session")
+def federation(tmp_path_factory) -> Iterator[Federation]:
+    workdir = tmp_path_factory.mktemp("federation")
+    sites = {
+        name: SimulatedSite(name, workdir, _site_config(name, models))
+        for name, models in SITE_MODELS.items()
+    }
+    ghost = _site_config("ghost", [_simulated("sim-even", 20, 5), _simulated("sim-ghost", 0, 0)])
+    config = {
+        "gateway": {"port": free_port()},
+        "status": {"down_after_failures": 2},
+        "circuit_breaker": {"failure_threshold": 2, "open_s": 2},
+        "sites": [
+            {
+                "name": name,
+                "site": site,
+                "channel": {"kind": "local", "poll_interval_s": 0.5},
+                "timeouts": {"connect_s": 1, "status_s": 2, "read_s": 10, "first_byte_s": 30},
+            }
+            for name, site in [*((n, s.config) for n, s in sites.items()), ("ghost", ghost)]
+        ],
+    }
+    gateway_path = workdir / "federation.yaml"
+    gateway = None
+    try:
+        for site in sites.values():
+            site.start()
+        with ThreadPoolExecutor(len(sites)) as pool:
+            list(pool.map(SimulatedSite.wait_ready, sites.values()))
+        gateway_path.write_text(yaml.safe_dump(config))
+        gateway = FirstProcess.start(
+            ["gateway", "up", "--standalone", "--config", str(gateway_path)], workdir, "gateway"
+        )
+        yield Federation(gateway.wait_ready(60), sites)
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        for site in sites.values():
+            site.cleanup()

@@ -1,0 +1,156 @@
+"""The `first` command as a user runs it: help, errors, status of a running site."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import FIRST, SIMULATED_MODEL, VLLM_MODEL, free_port
+
+
+def first(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([FIRST, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["site"],
+        ["site", "up"],
+        ["site", "status"],
+        ["gateway"],
+        ["gateway", "up"],
+        ["model"],
+        ["model", "build-tiny"],
+    ],
+)
+def test_every_command_has_help(command):
+    result = first(*command, "--help")
+    assert result.returncode == 0
+    assert "Usage: first" in result.stdout
+
+
+def test_bad_config_exits_non_zero_with_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"name": "s", "models": [{"id": "m", "engine": "simulated", "autoscaling": "hott"}]}
+        )
+    )
+    result = first("site", "up", "--config", str(path))
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "models[0].autoscaling: unknown preset 'hott'" in lines[0]
+
+
+def test_bad_federation_file_exits_non_zero_with_one_line(tmp_path):
+    path = tmp_path / "federation.yaml"
+    site = {"name": "s", "models": [{"id": "m", "engine": "simulated"}]}
+    path.write_text(
+        yaml.safe_dump({"placement": {"policy": "fastest"}, "sites": [{"name": "s", "site": site}]})
+    )
+    result = first("gateway", "up", "--config", str(path))
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert f"{path}: placement.policy: Input should be" in lines[0]
+
+
+def _globus_federation(tmp_path) -> str:
+    path = tmp_path / "federation.yaml"
+    site = {"name": "polaris", "models": [{"id": "m", "engine": "simulated"}]}
+    channel = {"kind": "globus-compute", "endpoint_id": "2f2d6c2a-9a8e-4b8e-9d3a-1c1b0d7f4e21"}
+    sites = [
+        {"name": "polaris", "site": site, "base_url": "http://127.0.0.1:9", "channel": channel}
+    ]
+    path.write_text(yaml.safe_dump({"gateway": {"port": free_port()}, "sites": sites}))
+    return str(path)
+
+
+def _environment(**variables: str) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FIRST_GLOBUS_")}
+    return {**environ, **variables}
+
+
+@pytest.mark.parametrize("standalone", [False, True], ids=["serve", "standalone"])
+def test_globus_site_without_credentials_fails_in_one_line_before_ray_starts(tmp_path, standalone):
+    args = ["gateway", "up", "--config", _globus_federation(tmp_path)]
+    result = first(*args, *(["--standalone"] if standalone else []), env=_environment())
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "sites[0] (polaris).channel: a globus-compute channel needs" in lines[0]
+    assert "FIRST_GLOBUS_CLIENT_ID" in lines[0]
+
+
+def test_globus_site_with_bad_credentials_fails_at_start_in_one_line(tmp_path):
+    from tests.fakes.globus_auth import running_fake_globus_auth
+
+    client_id = "8c1a3b7e-5f0d-4c9e-a2b4-6d3e1f0a9b87"
+    with running_fake_globus_auth(client_id, "right") as auth:
+        env = _environment(
+            FIRST_GLOBUS_CLIENT_ID=client_id,
+            FIRST_GLOBUS_CLIENT_SECRET="wrong",
+            GLOBUS_SDK_SERVICE_URL_AUTH=auth.url,
+        )
+        result = first(
+            "gateway", "up", "--standalone", "--config", _globus_federation(tmp_path), env=env
+        )
+    assert result.returncode != 0
+    assert len(auth.token_requests) == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "site polaris: Globus Auth rejected the gateway's client credentials" in lines[0]
+
+
+def test_missing_model_folder_is_reported_before_ray_starts(tmp_path):
+    path = tmp_path / "site.yaml"
+    missing = tmp_path / "no-model"
+    path.write_text(yaml.safe_dump({"name": "s", "models": [{"id": "m", "source": str(missing)}]}))
+    result = first("site", "up", "--config", str(path), timeout=60)
+    assert result.returncode != 0
+    assert f"no model at {missing}" in result.stderr
+    assert "first model build-tiny" in result.stderr
+
+
+def test_status_of_an_unreachable_site_fails_in_one_line(tmp_path):
+    path = tmp_path / "site.yaml"
+    site = {
+        "name": "gone",
+        "ray": {"dashboard_port": free_port()},
+        "models": [{"id": "m", "engine": "simulated"}],
+    }
+    path.write_text(yaml.safe_dump(site))
+    result = first("site", "status", "--config", str(path))
+    assert result.returncode != 0
+    assert json.loads(result.stdout)["reachable"] is False
+    assert "site 'gone' is not reachable" in result.stderr
+
+
+@pytest.mark.slow
+def test_status_of_the_running_site_reports_both_models_ready(site):
+    result = first("site", "status", "--config", str(site.config_path))
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["reachable"] and status["app_status"] == "RUNNING"
+    models = {m["id"]: m for m in status["models"]}
+    for model_id, engine in ((VLLM_MODEL, "vllm"), (SIMULATED_MODEL, "simulated")):
+        assert models[model_id]["engine"] == engine
+        assert models[model_id]["ready"] is True
+        assert models[model_id]["state"] == "running"
+        assert models[model_id]["replicas_running"] == 1
+
+
+@pytest.mark.slow
+def test_tiny_model_builds_are_identical(tiny_model_dir, tmp_path):
+    from deployments.tiny_model import model_fingerprint
+
+    again = tmp_path / "again"
+    assert first("model", "build-tiny", "--out", str(again)).returncode == 0
+    assert model_fingerprint(again) == model_fingerprint(tiny_model_dir)

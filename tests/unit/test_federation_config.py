@@ -1,0 +1,142 @@
+"""Federation files: the shipped ones load, colocation is applied, each mistake is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments.config_loading import ConfigError
+from serve_app.config import COLOCATED_PREFIX, GlobusComputeChannelConfig, load_federation
+
+REPO = Path(__file__).resolve().parents[2]
+FEDERATION_FILES = sorted(
+    path
+    for path in (REPO / "cluster_configs").glob("*.yaml")
+    if "sites" in yaml.safe_load(path.read_text())
+)
+ENDPOINT = "2f2d6c2a-9a8e-4b8e-9d3a-1c1b0d7f4e21"
+
+
+def test_the_shipped_default_is_among_the_federation_files():
+    assert REPO / "cluster_configs" / "local-federation.yaml" in FEDERATION_FILES
+
+
+@pytest.mark.parametrize("path", FEDERATION_FILES, ids=lambda p: p.name)
+def test_every_shipped_federation_file_loads_with_its_site_files(path):
+    federation = load_federation(path)
+    for site in federation.sites:
+        assert site.site_config.models
+        assert site.url.startswith("http")
+
+
+def test_a_colocated_site_shares_the_gateway_cluster_and_proxy():
+    federation = load_federation(REPO / "cluster_configs" / "local-federation.yaml")
+    (local,) = federation.sites
+    site = local.site_config
+    assert local.colocated
+    assert site.ray == federation.gateway.ray
+    assert (site.serve.host, site.serve.port) == (federation.gateway.host, federation.gateway.port)
+    assert site.serve.route_prefix == f"{COLOCATED_PREFIX}/local"
+    assert site.serve.app_name != federation.gateway.app_name
+    assert local.url == f"http://127.0.0.1:8000{COLOCATED_PREFIX}/local"
+
+
+def _simulated_site(name: str = "s") -> dict:
+    return {"name": name, "models": [{"id": "m", "engine": "simulated"}]}
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "federation.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_site_files_resolve_relative_to_the_federation_file(tmp_path):
+    (tmp_path / "sites").mkdir()
+    (tmp_path / "sites" / "east.yaml").write_text(yaml.safe_dump(_simulated_site("east")))
+    path = _write(tmp_path, {"sites": [{"name": "east", "site": "sites/east.yaml"}]})
+    (east,) = load_federation(path).sites
+    assert east.site_config.name == "east"
+    assert east.url == "http://127.0.0.1:8000"
+
+
+def test_a_remote_site_with_globus_compute_and_an_explicit_url(tmp_path):
+    path = _write(
+        tmp_path,
+        {
+            "sites": [
+                {
+                    "name": "polaris",
+                    "site": _simulated_site(),
+                    "base_url": "https://polaris.example.org/serve/",
+                    "channel": {"kind": "globus-compute", "endpoint_id": ENDPOINT},
+                    "priority": 2,
+                }
+            ]
+        },
+    )
+    (polaris,) = load_federation(path).sites
+    assert isinstance(polaris.channel, GlobusComputeChannelConfig)
+    assert str(polaris.channel.endpoint_id) == ENDPOINT
+    assert polaris.channel.poll_interval_s == 15
+    assert polaris.url == "https://polaris.example.org/serve"
+
+
+def _federation(**site) -> dict:
+    return {"sites": [{"name": "s", "site": _simulated_site(), **site}]}
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"sites": []}, "sites: List should have at least 1 item"),
+        (
+            {**_federation(), "placement": {"policy": "fastest"}},
+            "placement.policy: Input should be",
+        ),
+        ({**_federation(), "gateway": {"prot": 80}}, "gateway.prot: unknown field"),
+        (
+            {**_federation(), "gateway": {"autoscaling": {"min_replicas": 4, "max_replicas": 1}}},
+            "gateway.autoscaling:",
+        ),
+        (_federation(channel={"kind": "ssh"}), "sites[0].channel: Input tag 'ssh' found"),
+        (
+            _federation(channel={"kind": "globus-compute"}),
+            "sites[0].channel.globus-compute.endpoint_id: Field required",
+        ),
+        (
+            _federation(channel={"kind": "globus-compute", "endpoint_id": "polaris"}),
+            "sites[0].channel.globus-compute.endpoint_id: Input should be a valid UUID",
+        ),
+        (_federation(base_url="polaris:8000"), "sites[0].base_url: String should match"),
+        (_federation(timeouts={"connect_s": 0}), "sites[0].timeouts.connect_s: Input should be"),
+        (_federation(site="absent.yaml"), "sites[0].site: "),
+        (
+            {"sites": [{"name": "s", "site": _simulated_site()}] * 2},
+            "sites[1].name: duplicate site name 's'",
+        ),
+        (_federation(name="S P"), "sites[0].name: String should match pattern"),
+    ],
+)
+def test_bad_federation_file_fails_naming_file_and_field(tmp_path, data, expected):
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as caught:
+        load_federation(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_a_bad_field_in_a_named_site_file_names_both_files(tmp_path):
+    (tmp_path / "east.yaml").write_text(
+        yaml.safe_dump({"name": "east", "models": [{"id": "m", "engine": "sglang"}]})
+    )
+    path = _write(tmp_path, {"sites": [{"name": "east", "site": "east.yaml"}]})
+    with pytest.raises(ConfigError) as caught:
+        load_federation(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: sites[0].site: {tmp_path / 'east.yaml'}: ")
+    assert "models[0].engine" in message

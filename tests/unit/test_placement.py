@@ -1,0 +1,93 @@
+"""Placement is a pure choice: these tests pin down who gets the next request."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from serve_app.placement import Candidate, Placer
+
+
+def first_choice(placer: Placer, candidates: list[Candidate]) -> str:
+    return placer.order(candidates)[0].site
+
+
+def test_least_loaded_prefers_fewer_requests_per_ready_replica():
+    busy = Candidate("a", ready_replicas=1, reported_requests=8)
+    roomy = Candidate("b", ready_replicas=4, reported_requests=8)
+    assert first_choice(Placer("least-loaded"), [busy, roomy]) == "b"
+
+
+def test_own_requests_since_the_report_count_as_load():
+    # Both reported idle; 'a' has since received 5 of our requests.
+    a = Candidate("a", ready_replicas=1, in_flight=5)
+    b = Candidate("b", ready_replicas=1, in_flight=0)
+    assert first_choice(Placer("least-loaded"), [a, b]) == "b"
+
+
+def test_own_requests_already_in_the_report_are_not_counted_twice():
+    # 'a' reported 4, all of them ours and still running: its load is 4, not 8.
+    a = Candidate("a", ready_replicas=1, reported_requests=4, in_flight_at_report=4, in_flight=4)
+    assert a.load == 4
+    b = Candidate("b", ready_replicas=1, reported_requests=5)
+    assert first_choice(Placer("least-loaded"), [a, b]) == "a"
+
+
+def test_a_burst_between_polls_spreads_over_equal_sites():
+    placer = Placer("least-loaded")
+    in_flight = {"a": 0, "b": 0}
+    for _ in range(10):
+        candidates = [Candidate(s, ready_replicas=1, in_flight=n) for s, n in in_flight.items()]
+        in_flight[first_choice(placer, candidates)] += 1
+    assert in_flight == {"a": 5, "b": 5}
+
+
+def test_ties_go_to_the_clearly_faster_site():
+    fast = Candidate("fast", ready_replicas=1, latency_s=0.1)
+    slow = Candidate("slow", ready_replicas=1, latency_s=0.5)
+    placer = Placer("least-loaded")
+    assert {first_choice(placer, [slow, fast]) for _ in range(6)} == {"fast"}
+
+
+def test_sites_of_similar_latency_take_turns_one_request_at_a_time():
+    a = Candidate("a", ready_replicas=1, latency_s=0.100)
+    b = Candidate("b", ready_replicas=1, latency_s=0.110)
+    placer = Placer("least-loaded", latency_tolerance=0.25)
+    assert Counter(first_choice(placer, [a, b]) for _ in range(10)) == {"a": 5, "b": 5}
+
+
+def test_a_site_with_a_ready_replica_beats_one_still_starting():
+    starting = Candidate("starting", ready_replicas=0)
+    ready = Candidate("ready", ready_replicas=1, reported_requests=3)
+    assert first_choice(Placer("least-loaded"), [starting, ready]) == "ready"
+
+
+def test_a_fresh_report_beats_a_stale_one():
+    stale = Candidate("stale", ready_replicas=8, fresh=False)
+    fresh = Candidate("fresh", ready_replicas=1, reported_requests=2)
+    assert first_choice(Placer("least-loaded"), [stale, fresh]) == "fresh"
+
+
+def test_higher_priority_wins_even_when_busier_and_the_rest_are_fallbacks():
+    primary = Candidate("primary", priority=10, ready_replicas=1, reported_requests=50)
+    spare = Candidate("spare", priority=0, ready_replicas=1)
+    order = Placer("least-loaded").order([spare, primary])
+    assert [c.site for c in order] == ["primary", "spare"]
+
+
+def test_every_candidate_appears_once_as_a_fallback():
+    candidates = [Candidate(name, ready_replicas=1) for name in "abcd"]
+    for policy in ("least-loaded", "round-robin", "random"):
+        order = Placer(policy, seed=1).order(candidates)
+        assert sorted(c.site for c in order) == list("abcd")
+
+
+def test_round_robin_cycles_through_the_sites():
+    candidates = [Candidate(name) for name in "abc"]
+    placer = Placer("round-robin")
+    assert [first_choice(placer, candidates) for _ in range(6)] == list("abcabc")
+
+
+def test_random_uses_every_site():
+    candidates = [Candidate(name) for name in "abc"]
+    placer = Placer("random", seed=7)
+    assert set(first_choice(placer, candidates) for _ in range(60)) == {"a", "b", "c"}
