@@ -14,7 +14,13 @@ FEDERATION_CONFIG ?= cluster_configs/local-federation.yaml
 # Wheels shipped on the machine (the CPU build of torch) are preferred when present.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install run test test-fast lint format bench clean
+# LiteLLM's proxy, the gateway benchmark's reference peer, in its own venv:
+# its pins must not move the project's.
+LITELLM_VENV := .first/litellm-venv
+LITELLM_VERSION := 1.108.7
+LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
+
+.PHONY: install run test test-fast lint format bench bench-gateway clean
 
 install: $(STAMP)
 
@@ -53,6 +59,17 @@ format: install
 
 bench: install $(TINY_MODEL)/config.json
 	$(BIN)/python -m bench.site_bench --config $(SITE_CONFIG) --out bench/results/site.json
+
+$(LITELLM_STAMP):
+	@echo "[make] installing LiteLLM's proxy $(LITELLM_VERSION) into $(LITELLM_VENV)"
+	@test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install --quiet 'litellm[proxy]==$(LITELLM_VERSION)'
+	@touch $@
+
+bench-gateway: install $(LITELLM_STAMP)
+	@command -v wrk >/dev/null || { echo "[make] installing wrk (the load tool)"; \
+		apt-get install -y -q wrk || sudo apt-get install -y -q wrk; }
+	$(BIN)/python -m bench.gateway_bench --out bench/results/gateway.json
 
 clean:
 	rm -rf $(VENV) .first .pytest_cache

@@ -19,9 +19,7 @@ import argparse
 import asyncio
 import json
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,24 +29,17 @@ import httpx
 import psutil
 import yaml
 
-FIRST = str(Path(sys.executable).parent / "first")
+from serve_app.cli_process import FirstProcess, free_port
+
 ZERO_DELAY_MODEL = "sim-zero"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def bench_site_config(path: str, ray_temp: str) -> dict:
     site = yaml.safe_load(Path(path).read_text())
     site["ray"].update(
-        dashboard_port=_free_port(), metrics_export_port=_free_port(), temp_dir=ray_temp
+        dashboard_port=free_port(), metrics_export_port=free_port(), temp_dir=ray_temp
     )
-    site["serve"]["port"] = _free_port()
+    site["serve"]["port"] = free_port()
     site["models"].append(
         {
             "id": ZERO_DELAY_MODEL,
@@ -134,25 +125,17 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="first-bench-site-"))
     config_path = workdir / "site.yaml"
     config_path.write_text(yaml.safe_dump(bench_site_config(args.config, ray_temp)))
-    out_path = workdir / "site.out"
     print(f"[bench] starting the site ({config_path})", file=sys.stderr)
     started = time.monotonic()
-    with open(out_path, "w") as out, open(workdir / "site.log", "w") as log:
-        process = subprocess.Popen(
-            [FIRST, "site", "up", "--config", str(config_path)],
-            stdout=out,
-            stderr=log,
-            start_new_session=True,
-        )
+    site = FirstProcess.start(["site", "up", "--config", str(config_path)], workdir, "site")
     try:
-        while "READY " not in out_path.read_text():
-            if process.poll() is not None or time.monotonic() - started > 900:
-                raise SystemExit(f"site did not start; see {workdir / 'site.log'}")
-            time.sleep(0.2)
+        try:
+            base_url = site.wait_ready(900)
+        except (RuntimeError, TimeoutError) as exc:
+            raise SystemExit(f"site did not start: {exc}") from None
         startup_s = time.monotonic() - started
-        base_url = out_path.read_text().split("READY ", 1)[1].split()[0]
         print(f"[bench] ready in {startup_s:.1f} s at {base_url}", file=sys.stderr)
-        memory = stack_pss_mib(psutil.Process(process.pid))
+        memory = stack_pss_mib(psutil.Process(site.process.pid))
         runs = []
         for concurrency, requests in ((1, 50), (16, 160)):
             print(f"[bench] tiny-llama chat, concurrency {concurrency}", file=sys.stderr)
@@ -160,11 +143,7 @@ def main() -> None:
         print("[bench] simulated engine capacity, concurrency 32", file=sys.stderr)
         capacity = latency_run(base_url, ZERO_DELAY_MODEL, 32, 1000, max_tokens=16)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        site.stop()
     result = {
         "machine": {
             "cpus": psutil.cpu_count(),

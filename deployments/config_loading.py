@@ -27,6 +27,7 @@ class ConfigError(ValueError):
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
+ItemT = TypeVar("ItemT")
 _RELATIVE_PATH = re.compile(r"^(\[\d+\]|[A-Za-z_])[\w.\[\]]*: ")
 
 
@@ -47,6 +48,17 @@ def describe_validation_errors(exc: ValidationError) -> str:
         else:
             parts.append(f"{path}: {message}" if path else message)
     return "; ".join(parts)
+
+
+def require_unique(items: list[ItemT], field: str, what: str) -> list[ItemT]:
+    """For list validators: the first repeat of `field` is an error naming its index."""
+    seen: set = set()
+    for index, item in enumerate(items):
+        value = getattr(item, field)
+        if value in seen:
+            raise ValueError(f"[{index}].{field}: duplicate {what} {value!r}")
+        seen.add(value)
+    return items
 
 
 def load_config(path: str | Path, model: type[ConfigT]) -> ConfigT:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from autoscaling import resolve_autoscaling
-from deployments.config_loading import StrictConfig, describe_validation_errors
+from deployments.config_loading import StrictConfig, describe_validation_errors, require_unique
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 # Where a simulated model's SimulatedEngineConfig travels inside LLMConfig.experimental_configs.
@@ -182,12 +182,7 @@ class SiteConfig(StrictConfig):
     @field_validator("models")
     @classmethod
     def _unique_ids(cls, models: list[ModelConfig]) -> list[ModelConfig]:
-        seen: set[str] = set()
-        for index, model in enumerate(models):
-            if model.id in seen:
-                raise ValueError(f"[{index}].id: duplicate model id {model.id!r}")
-            seen.add(model.id)
-        return models
+        return require_unique(models, "id", "model id")
 
     def model(self, model_id: str) -> ModelConfig:
         for model in self.models:

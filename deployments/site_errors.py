@@ -17,6 +17,7 @@ from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPExc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.responses import JSONResponse
+from vllm.exceptions import VLLMClientError, VLLMNotFoundError, VLLMUnprocessableEntityError
 
 from deployments.openai_errors import (
     catch_all,
@@ -60,9 +61,27 @@ async def _openai_exception(request: Request, exc: OpenAIHTTPException) -> JSONR
     return error_response(exc.status_code, message, param=match and match["name"], code=code)
 
 
+async def _vllm_client_error(request: Request, exc: VLLMClientError) -> JSONResponse:
+    """vLLM's request models raise these from their validators, past FastAPI's validation.
+
+    Stock ray.serve.llm lets them through as 500 (empty prompt, `tools: []`,
+    `top_logprobs` without `logprobs`, ...); they are the client's mistake.
+    """
+    status = (
+        404
+        if isinstance(exc, VLLMNotFoundError)
+        else 422
+        if isinstance(exc, VLLMUnprocessableEntityError)
+        else 400
+    )
+    message = str(exc.args[0]) if exc.args else str(exc)
+    return error_response(status, message, param=getattr(exc, "parameter", None))
+
+
 def register_error_handlers(app: FastAPI) -> None:
     """Route every failure of `app` through the OpenAI envelope."""
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(OpenAIHTTPException, _openai_exception)
+    app.add_exception_handler(VLLMClientError, _vllm_client_error)
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)
     app.add_middleware(BaseHTTPMiddleware, dispatch=catch_all)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FIRST = str(Path(sys.executable).parent / "first")
+
+
+def free_port() -> int:
+    """A port free now on 127.0.0.1, for the configs handed to the processes started here."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @dataclass

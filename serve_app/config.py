@@ -23,6 +23,7 @@ from deployments.config_loading import (
     StrictConfig,
     describe_validation_errors,
     load_config,
+    require_unique,
 )
 from deployments.site_config import NAME_PATTERN, RayClusterConfig, SiteConfig
 from serve_app.placement import PlacementPolicy
@@ -190,12 +191,7 @@ class FederationConfig(StrictConfig):
     @field_validator("sites")
     @classmethod
     def _unique_names(cls, sites: list[FederatedSiteConfig]) -> list[FederatedSiteConfig]:
-        seen: set[str] = set()
-        for index, site in enumerate(sites):
-            if site.name in seen:
-                raise ValueError(f"[{index}].name: duplicate site name {site.name!r}")
-            seen.add(site.name)
-        return sites
+        return require_unique(sites, "name", "site name")
 
     @model_validator(mode="after")
     def _colocate(self) -> FederationConfig:

@@ -7,7 +7,8 @@ circuit breaker hears of it. Once a site has started answering, the answer
 is the site's: streams pass through chunk by chunk as they arrive, and a
 stream that the site cuts ends with one OpenAI error event, never a hang.
 Non-streaming answers are small and read whole, so a non-OpenAI error body
-can be replaced by a proper envelope.
+can be replaced by a proper envelope, and a site's own 500 becomes a 502
+that names the site (the gateway itself did not fail).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def build_site_client(state: SiteState) -> httpx.AsyncClient:
 class _Attempt:
     """What went wrong with the sites tried so far, for the final error."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: str) -> None:
+        self.model = model
         self.failures: list[str] = []
         self.timed_out = False
 
@@ -64,9 +66,11 @@ class Forwarder:
     async def close(self) -> None:
         await asyncio.gather(*(client.aclose() for client in self.clients.values()))
 
-    async def forward(self, path: str, body: bytes, request_id: str, order: list[str]) -> Response:
+    async def forward(
+        self, path: str, body: bytes, model: str, request_id: str, order: list[str]
+    ) -> Response:
         """Send to the first site in `order` that starts answering; return its answer."""
-        attempt = _Attempt()
+        attempt = _Attempt(model)
         for name in order:
             state = self.sites[name]
             now = time.monotonic()
@@ -75,7 +79,7 @@ class Forwarder:
                 continue
             response = await self._send(state, path, body, request_id, attempt)
             if response is not None:
-                return await self._relay(state, response)
+                return await self._relay(state, response, model)
         summary = "; ".join(attempt.failures) or "no site tried"
         if attempt.timed_out:
             raise UpstreamTimeoutError(f"No site answered in time ({summary}).")
@@ -92,13 +96,14 @@ class Forwarder:
             "POST", path, content=body, headers={"x-request-id": request_id}
         )
         started = time.monotonic()
-        state.in_flight += 1
+        model = attempt.model
+        state.in_flight[model] += 1
         try:
             response = await asyncio.wait_for(
                 client.send(request, stream=True), state.config.timeouts.first_byte_s
             )
         except (httpx.TransportError, TimeoutError) as exc:
-            state.in_flight -= 1
+            state.in_flight[model] -= 1
             state.breaker.record_failure(time.monotonic())
             timed_out = isinstance(exc, TimeoutError | httpx.TimeoutException)
             attempt.timed_out |= timed_out
@@ -106,24 +111,24 @@ class Forwarder:
             logger.warning("site %s failed before answering: %s", state.name, _describe(exc))
             return None
         except BaseException:
-            state.in_flight -= 1  # the client went away while we waited
+            state.in_flight[model] -= 1  # the client went away while we waited
             raise
         if response.status_code in RETRYABLE_STATUSES:
             await _close(response)
-            state.in_flight -= 1
+            state.in_flight[model] -= 1
             state.breaker.record_failure(time.monotonic())
             attempt.failures.append(f"{state.name}: HTTP {response.status_code}")
             return None
         state.breaker.record_success()
-        state.record_latency(time.monotonic() - started)
+        state.record_latency(model, time.monotonic() - started)
         return response
 
-    async def _relay(self, state: SiteState, response: httpx.Response) -> Response:
+    async def _relay(self, state: SiteState, response: httpx.Response, model: str) -> Response:
         headers = {k: v for k in PASSED_HEADERS if (v := response.headers.get(k))}
         headers[SITE_HEADER] = state.name
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             return StreamingResponse(
-                self._stream(state, response),
+                self._stream(state, response, model),
                 status_code=response.status_code,
                 headers=headers,
             )
@@ -135,15 +140,23 @@ class Forwarder:
                 f"Site {state.name} broke off its answer: {_describe(exc)}."
             ) from None
         finally:
-            state.in_flight -= 1
+            state.in_flight[model] -= 1
             await _close(response)
-        if response.status_code >= 400 and not _is_openai_error(content):
-            raise UpstreamError(
-                f"Site {state.name} answered HTTP {response.status_code} without an OpenAI error."
-            )
+        if response.status_code >= 400:
+            message = _openai_error_message(content)
+            if message is None:
+                raise UpstreamError(
+                    f"Site {state.name} answered HTTP {response.status_code} without an "
+                    "OpenAI error."
+                )
+            if response.status_code >= 500:
+                # The site failed, not the gateway: say so with 502, never pass a 500 on.
+                raise UpstreamError(f"Site {state.name} failed to process the request: {message}")
         return Response(content, status_code=response.status_code, headers=headers)
 
-    async def _stream(self, state: SiteState, response: httpx.Response) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, state: SiteState, response: httpx.Response, model: str
+    ) -> AsyncIterator[bytes]:
         deadline = time.monotonic() + state.config.timeouts.total_s
         try:
             async for chunk in response.aiter_raw():
@@ -158,7 +171,7 @@ class Forwarder:
         finally:
             # A client that went away cancels this generator: release the site's
             # request (Serve then cancels it in the engine) even while cancelled.
-            state.in_flight -= 1
+            state.in_flight[model] -= 1
             await _close(response)
 
 
@@ -172,12 +185,15 @@ def sse_error_event(message: str, status: int, code: str) -> bytes:
     return f"data: {json.dumps(error_body(message, status, code=code))}\n\n".encode()
 
 
-def _is_openai_error(content: bytes) -> bool:
+def _openai_error_message(content: bytes) -> str | None:
+    """The message of an OpenAI error body, or None if `content` is not one."""
     try:
         error = json.loads(content).get("error")
     except (ValueError, AttributeError):
-        return False
-    return isinstance(error, dict) and "message" in error
+        return None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"]
+    return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -114,7 +114,7 @@ class Gateway:
         order = self.placement_order(model, site)
         request_id = request.scope.get("state", {}).get("request_id", "")
         response = await until_disconnected(
-            request, self.forwarder.forward(path, body, request_id, order)
+            request, self.forwarder.forward(path, body, model, request_id, order)
         )
         # 499: nginx's "client closed request"; nobody is left to read it.
         return response if response is not None else Response(status_code=499)
@@ -128,9 +128,9 @@ class Gateway:
                 name=state.name,
                 health=state.health(now),
                 circuit=state.breaker.state(now),
-                in_flight=state.in_flight,
+                in_flight=state.in_flight.total(),
                 report_age_s=round(now - state.reported_at, 3) if state.reported_at else None,
-                latency_s=round(state.latency_s, 4) if state.latency_s is not None else None,
+                latency_s={model: round(s, 4) for model, s in sorted(state.latency_s.items())},
                 error=state.error,
             )
             for state in self.sites.values()

@@ -90,5 +90,9 @@ class Placer:
 
 
 def _load_key(candidate: Candidate) -> tuple:
-    """Fresh reports before stale ones, ready replicas before none, then lowest load."""
-    return (not candidate.fresh, candidate.ready_replicas == 0, round(candidate.load, 6))
+    """Ready replicas before none, then lowest load, then a fresh report before a stale one.
+
+    A stale report still counts: this ingress's own requests in flight, the
+    larger part of a site's load between polls, are always current.
+    """
+    return (candidate.ready_replicas == 0, round(candidate.load, 6), not candidate.fresh)

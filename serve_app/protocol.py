@@ -9,9 +9,9 @@ pass through from the site unparsed.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class OpenAIModel(BaseModel):
@@ -25,8 +25,66 @@ class StreamOptions(OpenAIModel):
     continuous_usage_stats: bool | None = None
 
 
-class ContentPart(OpenAIModel):
-    type: str = Field(min_length=1)
+class TextPart(OpenAIModel):
+    type: Literal["text"]
+    text: str
+
+
+class MediaURL(OpenAIModel):
+    url: str = Field(min_length=1)
+
+
+class ImageURLPart(OpenAIModel):
+    type: Literal["image_url"]
+    image_url: MediaURL
+
+
+class InputAudio(OpenAIModel):
+    data: str
+    format: str
+
+
+class InputAudioPart(OpenAIModel):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class RefusalPart(OpenAIModel):
+    type: Literal["refusal"]
+    refusal: str
+
+
+class AudioURLPart(OpenAIModel):
+    """vLLM's extension."""
+
+    type: Literal["audio_url"]
+    audio_url: MediaURL
+
+
+class VideoURLPart(OpenAIModel):
+    """vLLM's extension."""
+
+    type: Literal["video_url"]
+    video_url: MediaURL
+
+
+# Checked here because stock ray.serve.llm only finds a malformed part after
+# validation, and answers it with 500.
+ContentPart = Annotated[
+    TextPart | ImageURLPart | InputAudioPart | RefusalPart | AudioURLPart | VideoURLPart,
+    Field(discriminator="type"),
+]
+
+
+class FunctionCall(OpenAIModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(OpenAIModel):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
 
 
 class ChatMessage(OpenAIModel):
@@ -34,7 +92,43 @@ class ChatMessage(OpenAIModel):
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    # A malformed call makes vLLM read the message as another role's, and fail later.
+    tool_calls: list[ToolCall] | None = None
+
+    @model_validator(mode="after")
+    def _fits_the_role(self) -> ChatMessage:
+        """OpenAI's per-role rules. vLLM reads a message that breaks them as another
+        kind of message, finds the mismatch only after validation, and answers 500."""
+        allowed = PARTS_BY_ROLE[self.role]
+        if isinstance(self.content, list):
+            for part in self.content:
+                if not isinstance(part, allowed):
+                    names = ", ".join(_part_type(kind) for kind in allowed)
+                    raise ValueError(
+                        f"a message with role {self.role} may hold {names} content parts, "
+                        f"not {part.type}"
+                    )
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"tool_calls belong to assistant messages, not {self.role}")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError(f"tool_call_id belongs to tool messages, not {self.role}")
+        return self
+
+
+TEXT_ONLY: tuple[type, ...] = (TextPart,)
+# vLLM also takes audio and video by URL from users, and whatever "function" sends.
+PARTS_BY_ROLE: dict[str, tuple[type, ...]] = {
+    "system": TEXT_ONLY,
+    "developer": TEXT_ONLY,
+    "tool": TEXT_ONLY,
+    "function": TEXT_ONLY,
+    "assistant": (TextPart, RefusalPart),
+    "user": (TextPart, ImageURLPart, InputAudioPart, AudioURLPart, VideoURLPart),
+}
+
+
+def _part_type(kind: type) -> str:
+    return kind.model_fields["type"].annotation.__args__[0]
 
 
 class SamplingFields(OpenAIModel):
@@ -165,7 +259,9 @@ class SiteHealthReport(BaseModel):
     circuit: Literal["closed", "open", "half-open"]
     in_flight: int = Field(description="Requests this gateway replica has open at the site.")
     report_age_s: float | None = Field(description="Seconds since the last status report.")
-    latency_s: float | None = Field(description="Recent time to first byte at this site.")
+    latency_s: dict[str, float] = Field(
+        description="Recent time to first byte at this site, per model it has served."
+    )
     error: str | None = Field(description="Why the last status call failed, if it did.")
 
 

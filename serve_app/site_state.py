@@ -1,8 +1,9 @@
 """What the gateway knows about each site, and the loop that keeps it current.
 
 Per site: the last status report and when it came, status calls that failed
-in a row, this replica's requests in flight there, the recent time to first
-byte, and the circuit breaker. A poller per site calls the site status
+in a row, the circuit breaker, and per model this replica's requests in
+flight there and the recent time to first byte (each model has its own
+replicas, so one model's queue says nothing about another's). A poller per site calls the site status
 function through the site's control channel every `poll_interval_s`, with a
 timeout, in the background: no request ever waits for a status call.
 
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from typing import Literal
 
 from pydantic import ValidationError
@@ -47,11 +49,11 @@ class SiteState:
         )
         self.status: SiteStatus | None = None
         self.reported_at: float | None = None
-        self.in_flight_at_report = 0
+        self.in_flight_at_report: Counter[str] = Counter()
         self.failures = 0
         self.error: str | None = None
-        self.in_flight = 0
-        self.latency_s: float | None = None
+        self.in_flight: Counter[str] = Counter()
+        self.latency_s: dict[str, float] = {}
 
     def health(self, now: float) -> SiteHealth:
         if self.failures >= self.down_after_failures:
@@ -68,7 +70,7 @@ class SiteState:
             logger.warning("site %s is up again", self.name)
         self.status = status
         self.reported_at = now
-        self.in_flight_at_report = self.in_flight
+        self.in_flight_at_report = self.in_flight.copy()
         self.failures = 0
         self.error = None
 
@@ -78,11 +80,11 @@ class SiteState:
         if self.failures == self.down_after_failures:
             logger.warning("site %s is down: %s", self.name, error)
 
-    def record_latency(self, seconds: float) -> None:
-        if self.latency_s is None:
-            self.latency_s = seconds
-        else:
-            self.latency_s += LATENCY_SMOOTHING * (seconds - self.latency_s)
+    def record_latency(self, model: str, seconds: float) -> None:
+        previous = self.latency_s.get(model)
+        self.latency_s[model] = (
+            seconds if previous is None else previous + LATENCY_SMOOTHING * (seconds - previous)
+        )
 
     def model_status(self, model: str) -> ModelStatus | None:
         if self.status is None:
@@ -102,9 +104,9 @@ class SiteState:
             priority=self.config.priority,
             ready_replicas=status.replicas_running if status else 0,
             reported_requests=(status.ongoing_requests + status.queued_requests) if status else 0,
-            in_flight_at_report=self.in_flight_at_report,
-            in_flight=self.in_flight,
-            latency_s=self.latency_s,
+            in_flight_at_report=self.in_flight_at_report[model],
+            in_flight=self.in_flight[model],
+            latency_s=self.latency_s.get(model),
             fresh=health == "up",
         )
 

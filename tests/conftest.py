@@ -11,7 +11,6 @@ prints READY. A standalone gateway (uvicorn) fronts the same site.
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_app.cli_process import FIRST, FirstProcess
+from serve_app.cli_process import FIRST, FirstProcess, free_port
 from serve_app.config import load_federation
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,12 +28,6 @@ VLLM_MODEL = "tiny-llama"
 SIMULATED_MODEL = "sim-llama"
 TINY_CONTEXT = 256
 __all__ = ["FIRST", "SIMULATED_MODEL", "TINY_CONTEXT", "VLLM_MODEL", "free_port"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def private_ray_temp() -> Path:

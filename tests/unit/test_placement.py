@@ -61,10 +61,14 @@ def test_a_site_with_a_ready_replica_beats_one_still_starting():
     assert first_choice(Placer("least-loaded"), [starting, ready]) == "ready"
 
 
-def test_a_fresh_report_beats_a_stale_one():
-    stale = Candidate("stale", ready_replicas=8, fresh=False)
-    fresh = Candidate("fresh", ready_replicas=1, reported_requests=2)
-    assert first_choice(Placer("least-loaded"), [stale, fresh]) == "fresh"
+def test_a_stale_report_still_counts_by_load_and_loses_only_ties():
+    idle_stale = Candidate("stale", ready_replicas=8, fresh=False)
+    busy_fresh = Candidate("fresh", ready_replicas=1, reported_requests=2)
+    assert first_choice(Placer("least-loaded"), [idle_stale, busy_fresh]) == "stale"
+    tied_stale = Candidate("stale", ready_replicas=1, in_flight=1, fresh=False)
+    tied_fresh = Candidate("fresh", ready_replicas=1, in_flight=1)
+    placer = Placer("least-loaded")
+    assert {first_choice(placer, [tied_stale, tied_fresh]) for _ in range(4)} == {"fresh"}
 
 
 def test_higher_priority_wins_even_when_busier_and_the_rest_are_fallbacks():
