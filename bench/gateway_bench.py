@@ -221,7 +221,7 @@ class Target:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-def run_wrk(target: Target, concurrency: int, duration_s: float, workdir: Path) -> dict:
+def run_wrk(target: Target, concurrency: int, duration_s: int, workdir: Path) -> dict:
     script = workdir / "wrk.lua"
     headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in target.headers)
     script.write_text(WRK_SCRIPT % (json.dumps(target.body), headers))
@@ -277,7 +277,7 @@ def added_latency(cells: dict, backend: str, concurrency: int) -> dict:
 def main() -> None:  # noqa: PLR0915 - one linear script: start, measure, stop
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results/gateway.json")
-    parser.add_argument("--duration-s", type=float, default=8.0)
+    parser.add_argument("--duration-s", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 128])
     parser.add_argument(
@@ -345,11 +345,12 @@ def main() -> None:  # noqa: PLR0915 - one linear script: start, measure, stop
 
         chat = "/v1/chat/completions"
         targets: dict[tuple[str, str], Target] = {}
-        for backend, direct in (("site", site_url), ("fixed", fixed_url)):
+        # backend, its site in the federation files, and where it answers directly
+        for backend, site, direct in (("site", "local", site_url), ("fixed", "fixed", fixed_url)):
             targets[(backend, "direct")] = Target(f"{direct}{chat}", BODY)
-            targets[(backend, "gateway-serve")] = Target(f"{serve_url}/sites/{backend}{chat}", BODY)
+            targets[(backend, "gateway-serve")] = Target(f"{serve_url}/sites/{site}{chat}", BODY)
             targets[(backend, "gateway-standalone")] = Target(
-                f"{standalone_url}/sites/{backend}{chat}", BODY
+                f"{standalone_url}/sites/{site}{chat}", BODY
             )
             targets[(backend, "litellm")] = Target(
                 f"{litellm_url}{chat}",

@@ -28,6 +28,7 @@ def site_status(site: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
         model_state,
         parse_serve_applications,
         parse_serve_load,
+        tls_context,
     )
 
     config = SiteConfig.model_validate(site)
@@ -37,7 +38,7 @@ def site_status(site: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
         site=config.name, reachable=False, collected_at=time.time(), base_url=config.base_url
     )
     try:
-        with httpx.Client(timeout=timeout_s) as client:
+        with httpx.Client(timeout=timeout_s, verify=tls_context()) as client:
             applications = (
                 client.get(f"{dashboard}/api/serve/applications/").raise_for_status().json()
             )

@@ -1,6 +1,8 @@
 """Forwarding one OpenAI request to a site, with retries before the first byte.
 
-One pooled `httpx.AsyncClient` per site. A request goes to the sites in the
+One pooled `aiohttp.ClientSession` per site: under concurrency it measured
+several times faster than `httpx` here, whose connection pool checks every
+pooled connection on each request (bench/README.md). A request goes to the sites in the
 order placement chose; a site that fails before its response starts
 (refused, reset, timed out, or 502/503/504) is skipped for the next, and its
 circuit breaker hears of it. Once a site has started answering, the answer
@@ -19,8 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-import anyio
-import httpx
+import aiohttp
 from starlette.responses import Response, StreamingResponse
 
 from deployments.openai_errors import error_body
@@ -35,16 +36,22 @@ PASSED_HEADERS = ("content-type", "retry-after")
 SITE_HEADER = "x-first-site"
 
 
-def build_site_client(state: SiteState) -> httpx.AsyncClient:
+# What a site connection can fail with before or while it answers.
+SITE_ERRORS = (aiohttp.ClientError, TimeoutError)
+
+
+def build_site_client(state: SiteState) -> aiohttp.ClientSession:
     timeouts = state.config.timeouts
-    return httpx.AsyncClient(
-        base_url=state.config.url,
-        timeout=httpx.Timeout(
-            connect=timeouts.connect_s, read=timeouts.read_s, write=timeouts.read_s, pool=None
+    return aiohttp.ClientSession(
+        base_url=state.config.url + "/",
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.read_s
         ),
-        # Hundreds of concurrent streams per site are normal; keep their connections.
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=512),
+        # Hundreds of concurrent streams per site are normal: no cap, keep connections.
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
         headers={"content-type": "application/json"},
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
     )
 
 
@@ -64,7 +71,7 @@ class Forwarder:
         self.clients = {name: build_site_client(state) for name, state in sites.items()}
 
     async def close(self) -> None:
-        await asyncio.gather(*(client.aclose() for client in self.clients.values()))
+        await asyncio.gather(*(client.close() for client in self.clients.values()))
 
     async def forward(
         self, path: str, body: bytes, model: str, request_id: str, order: list[str]
@@ -90,22 +97,20 @@ class Forwarder:
 
     async def _send(
         self, state: SiteState, path: str, body: bytes, request_id: str, attempt: _Attempt
-    ) -> httpx.Response | None:
+    ) -> aiohttp.ClientResponse | None:
         client = self.clients[state.name]
-        request = client.build_request(
-            "POST", path, content=body, headers={"x-request-id": request_id}
-        )
         started = time.monotonic()
         model = attempt.model
         state.in_flight[model] += 1
         try:
             response = await asyncio.wait_for(
-                client.send(request, stream=True), state.config.timeouts.first_byte_s
+                client.post(path.lstrip("/"), data=body, headers={"x-request-id": request_id}),
+                state.config.timeouts.first_byte_s,
             )
-        except (httpx.TransportError, TimeoutError) as exc:
+        except SITE_ERRORS as exc:
             state.in_flight[model] -= 1
             state.breaker.record_failure(time.monotonic())
-            timed_out = isinstance(exc, TimeoutError | httpx.TimeoutException)
+            timed_out = isinstance(exc, TimeoutError)
             attempt.timed_out |= timed_out
             attempt.failures.append(f"{state.name}: {_describe(exc)}")
             logger.warning("site %s failed before answering: %s", state.name, _describe(exc))
@@ -113,71 +118,72 @@ class Forwarder:
         except BaseException:
             state.in_flight[model] -= 1  # the client went away while we waited
             raise
-        if response.status_code in RETRYABLE_STATUSES:
-            await _close(response)
+        if response.status in RETRYABLE_STATUSES:
+            response.release()
             state.in_flight[model] -= 1
             state.breaker.record_failure(time.monotonic())
-            attempt.failures.append(f"{state.name}: HTTP {response.status_code}")
+            attempt.failures.append(f"{state.name}: HTTP {response.status}")
             return None
         state.breaker.record_success()
         state.record_latency(model, time.monotonic() - started)
         return response
 
-    async def _relay(self, state: SiteState, response: httpx.Response, model: str) -> Response:
+    async def _relay(
+        self, state: SiteState, response: aiohttp.ClientResponse, model: str
+    ) -> Response:
         headers = {k: v for k in PASSED_HEADERS if (v := response.headers.get(k))}
         headers[SITE_HEADER] = state.name
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             return StreamingResponse(
                 self._stream(state, response, model),
-                status_code=response.status_code,
+                status_code=response.status,
                 headers=headers,
             )
         try:
             remaining = state.config.timeouts.total_s
-            content = await asyncio.wait_for(response.aread(), remaining)
-        except (httpx.HTTPError, TimeoutError) as exc:
+            content = await asyncio.wait_for(response.read(), remaining)
+        except SITE_ERRORS as exc:
             raise UpstreamError(
                 f"Site {state.name} broke off its answer: {_describe(exc)}."
             ) from None
         finally:
             state.in_flight[model] -= 1
-            await _close(response)
-        if response.status_code >= 400:
+            response.release()
+        if response.status >= 400:
             message = _openai_error_message(content)
             if message is None:
                 raise UpstreamError(
-                    f"Site {state.name} answered HTTP {response.status_code} without an "
-                    "OpenAI error."
+                    f"Site {state.name} answered HTTP {response.status} without an OpenAI error."
                 )
-            if response.status_code >= 500:
+            if response.status >= 500:
                 # The site failed, not the gateway: say so with 502, never pass a 500 on.
                 raise UpstreamError(f"Site {state.name} failed to process the request: {message}")
-        return Response(content, status_code=response.status_code, headers=headers)
+        return Response(content, status_code=response.status, headers=headers)
 
     async def _stream(
-        self, state: SiteState, response: httpx.Response, model: str
+        self, state: SiteState, response: aiohttp.ClientResponse, model: str
     ) -> AsyncIterator[bytes]:
         deadline = time.monotonic() + state.config.timeouts.total_s
+        finished = False
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in response.content.iter_any():
                 yield chunk
                 if time.monotonic() > deadline:
                     raise TimeoutError("the stream ran past its total time limit")
-        except (httpx.HTTPError, TimeoutError) as exc:
+            finished = True
+        except SITE_ERRORS as exc:
             state.breaker.record_failure(time.monotonic())
             message = f"Site {state.name} broke off the stream: {_describe(exc)}."
             logger.warning(message)
             yield sse_error_event(message, 502, "upstream_error")
         finally:
-            # A client that went away cancels this generator: release the site's
-            # request (Serve then cancels it in the engine) even while cancelled.
             state.in_flight[model] -= 1
-            await _close(response)
-
-
-async def _close(response: httpx.Response) -> None:
-    with anyio.CancelScope(shield=True):
-        await response.aclose()
+            if finished:
+                response.release()  # the connection goes back to the pool
+            else:
+                # The client went away (this generator was cancelled) or the site
+                # failed: drop the connection, and Serve cancels the request.
+                response.close()
 
 
 def sse_error_event(message: str, status: int, code: str) -> bytes:
@@ -197,6 +203,6 @@ def _openai_error_message(content: bytes) -> str | None:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+    if isinstance(exc, TimeoutError):
         return f"timed out ({type(exc).__name__})"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
