@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 
@@ -146,16 +147,31 @@ def serve_standalone(config: FederationConfig, on_ready: Callable[[], None]) -> 
         )
     )
 
+    listening = _listen(config.gateway.host, config.gateway.port)
+
     async def run() -> None:
-        serving = asyncio.create_task(server.serve())
+        serving = asyncio.create_task(server.serve(sockets=[listening]))
         while not server.started and not serving.done():
             await asyncio.sleep(0.05)
         if server.started:
             on_ready()
         await serving
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        listening.close()
     if not server.started:
-        raise GatewayStartError(
-            f"could not listen on {config.gateway.host}:{config.gateway.port} (in use?)"
-        )
+        raise GatewayStartError("the gateway app failed to start (see the log above)")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind here, not in uvicorn, which answers a busy port with a log line and sys.exit."""
+    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        raise GatewayStartError(f"could not listen on {host}:{port}: {exc.strerror}") from None
+    return listening

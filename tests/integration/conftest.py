@@ -94,6 +94,26 @@ def _site_config(name: str, models: list[dict]) -> dict:
     }
 
 
+def start_standalone_gateway(
+    config: dict, path: Path, workdir: Path, attempts: int = 3
+) -> tuple[FirstProcess, str]:
+    """Start it on a port picked now; pick again if something took the port meanwhile
+    (the sites' Ray processes bind ephemeral ports while they start)."""
+    for attempt in range(1, attempts + 1):
+        config["gateway"] = {**config.get("gateway", {}), "port": free_port()}
+        path.write_text(yaml.safe_dump(config))
+        gateway = FirstProcess.start(
+            ["gateway", "up", "--standalone", "--config", str(path)], workdir, "gateway"
+        )
+        try:
+            return gateway, gateway.wait_ready(60)
+        except RuntimeError as exc:
+            gateway.stop()
+            if "could not listen" not in str(exc) or attempt == attempts:
+                raise
+    raise ValueError("attempts must be at least 1")
+
+
 @dataclass
 class Federation:
     gateway_url: str
@@ -109,7 +129,6 @@ def federation(tmp_path_factory) -> Iterator[Federation]:
     }
     ghost = _site_config("ghost", [_simulated("sim-even", 20, 5), _simulated("sim-ghost", 0, 0)])
     config = {
-        "gateway": {"port": free_port()},
         "status": {"down_after_failures": 2},
         "circuit_breaker": {"failure_threshold": 2, "open_s": 2},
         "sites": [
@@ -131,11 +150,8 @@ def federation(tmp_path_factory) -> Iterator[Federation]:
             site.start()
         with ThreadPoolExecutor(len(sites)) as pool:
             list(pool.map(SimulatedSite.wait_ready, sites.values()))
-        gateway_path.write_text(yaml.safe_dump(config))
-        gateway = FirstProcess.start(
-            ["gateway", "up", "--standalone", "--config", str(gateway_path)], workdir, "gateway"
-        )
-        yield Federation(gateway.wait_ready(60), sites)
+        gateway, url = start_standalone_gateway(config, gateway_path, workdir)
+        yield Federation(url, sites)
     finally:
         if gateway is not None:
             gateway.stop()

@@ -154,3 +154,21 @@ def test_tiny_model_builds_are_identical(tiny_model_dir, tmp_path):
     again = tmp_path / "again"
     assert first("model", "build-tiny", "--out", str(again)).returncode == 0
     assert model_fingerprint(again) == model_fingerprint(tiny_model_dir)
+
+
+def test_standalone_gateway_on_a_busy_port_fails_in_one_line(tmp_path):
+    import socket
+
+    site = {"name": "s", "models": [{"id": "m", "engine": "simulated"}]}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = tmp_path / "federation.yaml"
+        federation = {"gateway": {"port": port}, "sites": [{"name": "s", "site": site}]}
+        path.write_text(yaml.safe_dump(federation))
+        result = first("gateway", "up", "--standalone", "--config", str(path), timeout=60)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == f"Error: could not listen on 127.0.0.1:{port}: Address already in use"
+    assert "Traceback" not in result.stderr
