@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from deployments.site_config import RayClusterConfig, SiteConfig
+from deployments.site_config import ModelConfig, RayClusterConfig, SiteConfig
 
 Progress = Callable[[str], None]
 
@@ -79,29 +79,47 @@ def deploy(site: SiteConfig) -> None:
     )
 
 
+def warm_models(site: SiteConfig) -> list[ModelConfig]:
+    """The models that start with a replica, so they must answer before the site is ready."""
+    return [m for m in site.models if m.autoscaling.serve_config().get("initial_replicas", 1) > 0]
+
+
+def ping_model(client: httpx.Client, model_id: str) -> httpx.Response:
+    """A one-token completion: the model answers only once its engine runs."""
+    return client.post(
+        "/v1/completions", json={"model": model_id, "prompt": "ping", "max_tokens": 1}
+    )
+
+
+def poll_until_ok(
+    call: Callable[[], httpx.Response], deadline: float, interval_s: float = 1.0
+) -> str | None:
+    """Call until it answers 200 (None) or `deadline` passes (the last failure, in words)."""
+    while True:
+        try:
+            response = call()
+            if response.status_code == 200:
+                return None
+            last = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        if time.monotonic() > deadline:
+            return last
+        time.sleep(interval_s)
+
+
 def wait_until_answering(site: SiteConfig, timeout_s: float, progress: Progress) -> None:
     """Poll each warm model with a one-token completion until it answers 200."""
     deadline = time.monotonic() + timeout_s
-    warm = [m for m in site.models if m.autoscaling.serve_config().get("initial_replicas", 1) > 0]
+    warm = warm_models(site)
     with httpx.Client(base_url=site.base_url, timeout=30.0) as client:
         for model in warm:
-            while True:
-                try:
-                    response = client.post(
-                        "/v1/completions",
-                        json={"model": model.id, "prompt": "ping", "max_tokens": 1},
-                    )
-                    if response.status_code == 200:
-                        progress(f"model {model.id} answers")
-                        break
-                    last = f"HTTP {response.status_code}"
-                except httpx.HTTPError as exc:
-                    last = type(exc).__name__
-                if time.monotonic() > deadline:
-                    raise SiteStartError(
-                        f"model {model.id} did not answer within {timeout_s:.0f} s (last: {last})"
-                    )
-                time.sleep(1.0)
+            failure = poll_until_ok(lambda m=model: ping_model(client, m.id), deadline)
+            if failure is not None:
+                raise SiteStartError(
+                    f"model {model.id} did not answer within {timeout_s:.0f} s (last: {failure})"
+                )
+            progress(f"model {model.id} answers")
     for model in site.models:
         if model not in warm:
             progress(f"model {model.id} is cold: it starts on its first request")

@@ -31,12 +31,12 @@ def _load_site(path: str, port: int | None = None) -> SiteConfig:
     return site
 
 
-def _usage_banner(site: SiteConfig) -> str:
-    model = site.models[0].id
-    url = site.base_url
+def _usage_banner(headline: str, url: str, models: list[str], where: str = "") -> str:
+    """What to run against the endpoint that just came up; `where` follows the model list."""
+    model = models[0] if models else "MODEL"
     return f"""
-Site {site.name!r} is serving an OpenAI-compatible API at {url}/v1
-Models: {", ".join(m.id for m in site.models)}
+{headline} is serving an OpenAI-compatible API at {url}/v1
+Models: {", ".join(models)}{where}
 
   curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 16}}'
@@ -95,7 +95,9 @@ def site_up(config_path: str, port: int | None, timeout_s: float) -> None:
         bring_up(site_config, timeout_s, _echo)
         _stop_on_signals()  # ray.init replaces the handlers; Ctrl-C must still stop us
         _echo(f"ready in {time.monotonic() - started:.1f} s")
-        click.echo(_usage_banner(site_config), err=True)
+        models = [m.id for m in site_config.models]
+        banner = _usage_banner(f"Site {site_config.name!r}", site_config.base_url, models)
+        click.echo(banner, err=True)
         click.echo(f"READY {site_config.base_url}", err=False)
         while True:
             time.sleep(3600)
@@ -130,22 +132,6 @@ def site_status_command(config_path: str) -> None:
 @main.group()
 def gateway() -> None:
     """Run the federating gateway: one OpenAI endpoint over many sites."""
-
-
-def _gateway_banner(url: str, models: list[str]) -> str:
-    model = models[0] if models else "MODEL"
-    return f"""
-The gateway is serving an OpenAI-compatible API at {url}/v1
-Models: {", ".join(models)}   (sites and their state: {url}/health, {url}/v1/models)
-
-  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
-    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 16}}'
-
-  python -c "from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='none'); \\
-print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello'}}], max_tokens=16).choices[0].message.content)"
-
-Press Ctrl-C to stop.
-"""
 
 
 @gateway.command("up")
@@ -194,7 +180,8 @@ def gateway_up(config_path: str, standalone: bool, port: int | None, timeout_s: 
     models = sorted({m.id for s in config.sites for m in s.site_config.models})
 
     def announce() -> None:
-        click.echo(_gateway_banner(url, models), err=True)
+        where = f"   (sites and their state: {url}/health, {url}/v1/models)"
+        click.echo(_usage_banner("The gateway", url, models, where), err=True)
         click.echo(f"READY {url}", err=False)
 
     started = time.monotonic()

@@ -21,8 +21,11 @@ from deployments.site_runner import (
     SiteStartError,
     check_sources,
     deploy,
+    ping_model,
+    poll_until_ok,
     start_ray,
     wait_until_answering,
+    warm_models,
 )
 from serve_app.config import FederationConfig
 from serve_app.control_channel import ChannelError, build_channels
@@ -91,37 +94,22 @@ def wait_until_gateway_answers(
     config: FederationConfig, deadline: float, progress: Progress
 ) -> None:
     """The gateway answers /health, and a completion for every warm colocated model."""
-    models = [
-        model.id
-        for site in config.colocated_sites
-        for model in site.models
-        if model.autoscaling.serve_config().get("initial_replicas", 1) > 0
-    ]
+    models = [model.id for site in config.colocated_sites for model in warm_models(site)]
     with httpx.Client(base_url=gateway_url(config), timeout=30.0) as client:
-        _poll(lambda: client.get("/health"), "the gateway's /health", deadline)
+        _wait(lambda: client.get("/health"), "the gateway's /health", deadline)
         for model in models:
-            _poll(
-                lambda m=model: client.post(
-                    "/v1/completions", json={"model": m, "prompt": "ping", "max_tokens": 1}
-                ),
+            _wait(
+                lambda m=model: ping_model(client, m),
                 f"model {model} through the gateway",
                 deadline,
             )
             progress(f"model {model} answers through the gateway")
 
 
-def _poll(call: Callable[[], httpx.Response], what: str, deadline: float) -> None:
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            response = call()
-            if response.status_code == 200:
-                return
-            last = f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
-            last = type(exc).__name__
-        time.sleep(0.5)
-    raise GatewayStartError(f"{what} did not answer in time (last: {last})")
+def _wait(call: Callable[[], httpx.Response], what: str, deadline: float) -> None:
+    failure = poll_until_ok(call, deadline, interval_s=0.5)
+    if failure is not None:
+        raise GatewayStartError(f"{what} did not answer in time (last: {failure})")
 
 
 def serve_standalone(config: FederationConfig, on_ready: Callable[[], None]) -> None:
