@@ -41,6 +41,11 @@ class CircuitBreaker:
             self.probing = True
         return True
 
+    def abandon(self) -> None:
+        """The request that held the probe ended without a verdict (its client left):
+        let the next request probe instead of refusing every request from now on."""
+        self.probing = False
+
     def record_success(self) -> None:
         self.failures = 0
         self.opened_at = None

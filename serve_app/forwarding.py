@@ -116,7 +116,9 @@ class Forwarder:
             logger.warning("site %s failed before answering: %s", state.name, _describe(exc))
             return None
         except BaseException:
-            state.in_flight[model] -= 1  # the client went away while we waited
+            # The client went away while we waited: no verdict on the site.
+            state.in_flight[model] -= 1
+            state.breaker.abandon()
             raise
         if response.status in RETRYABLE_STATUSES:
             response.release()

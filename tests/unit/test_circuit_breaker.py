@@ -39,3 +39,13 @@ def test_a_successful_probe_closes_and_a_failed_one_reopens():
     assert breaker.acquire(now=22)
     breaker.record_success()
     assert breaker.state(now=22) == "closed"
+
+
+def test_an_abandoned_probe_lets_the_next_request_probe():
+    breaker = CircuitBreaker(failure_threshold=1, open_s=10)
+    breaker.record_failure(now=0)
+    assert breaker.acquire(now=11)
+    breaker.abandon()
+    assert breaker.state(now=12) == "half-open"
+    assert breaker.acquire(now=12)
+    assert not breaker.acquire(now=12)
