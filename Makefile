@@ -41,7 +41,7 @@ $(TINY_MODEL)/config.json: | $(STAMP)
 	$(BIN)/first model build-tiny --out $(TINY_MODEL)
 
 run: install $(TINY_MODEL)/config.json
-	$(BIN)/first gateway up --config $(FEDERATION_CONFIG)
+	$(BIN)/first gateway up --config $(FEDERATION_CONFIG) --with-key "$${USER:-local}"
 
 test: install
 	$(BIN)/pytest

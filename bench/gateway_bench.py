@@ -147,6 +147,9 @@ def federation_files(workdir: Path, fixed_url: str, ray_temp: str) -> tuple[Path
         "sites": [
             {"name": "local", "site": local, "colocated": True, "channel": {"kind": "local"}},
         ],
+        # API keys on (LiteLLM checks its master key too), the usage ledger on, no limits.
+        "store": {"path": str(workdir / "first.db")},
+        "limits": None,
     }
     serve_path = workdir / "federation-serve.yaml"
     serve_path.write_text(yaml.safe_dump(serve_config))
@@ -157,6 +160,8 @@ def federation_files(workdir: Path, fixed_url: str, ray_temp: str) -> tuple[Path
     serve_path.write_text(yaml.safe_dump(serve_config))
     standalone_config = {
         "gateway": {"port": free_port()},
+        "store": serve_config["store"],
+        "limits": None,
         "sites": [{"name": "local", "site": site_as_run, "base_url": colocated.url}, fixed],
     }
     standalone_path = workdir / "federation-standalone.yaml"
@@ -166,6 +171,8 @@ def federation_files(workdir: Path, fixed_url: str, ray_temp: str) -> tuple[Path
 
 # LiteLLM refuses to start without a master key, and then wants it on every request.
 LITELLM_KEY = "sk-first-bench-7f3a9c2e5d1b4a6f"
+# Our gateways' API key, registered by `first gateway up --with-key` from FIRST_API_KEY.
+FIRST_KEY = "first-bench-0c8e6b2d4f1a3c5e7a9b"
 # No downloads at start-up (cost map and friends), no telemetry, errors only.
 LITELLM_ENV = {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -309,7 +316,12 @@ def main() -> None:  # noqa: PLR0915 - one linear script: start, measure, stop
         )
         log("starting the Serve-hosted gateway with the local site (first gateway up)")
         started = time.monotonic()
-        serve = FirstProcess.start(["gateway", "up", "--config", str(serve_path)], workdir, "serve")
+        serve = FirstProcess.start(
+            ["gateway", "up", "--config", str(serve_path), "--with-key", "bench"],
+            workdir,
+            "serve",
+            env={"FIRST_API_KEY": FIRST_KEY},
+        )
         firsts.append(serve)
         serve_url = serve.wait_ready(600)
         log(f"gateway on Serve ready in {time.monotonic() - started:.0f} s at {serve_url}")
@@ -348,9 +360,12 @@ def main() -> None:  # noqa: PLR0915 - one linear script: start, measure, stop
         # backend, its site in the federation files, and where it answers directly
         for backend, site, direct in (("site", "local", site_url), ("fixed", "fixed", fixed_url)):
             targets[(backend, "direct")] = Target(f"{direct}{chat}", BODY)
-            targets[(backend, "gateway-serve")] = Target(f"{serve_url}/sites/{site}{chat}", BODY)
+            ours = (("Authorization", f"Bearer {FIRST_KEY}"),)
+            targets[(backend, "gateway-serve")] = Target(
+                f"{serve_url}/sites/{site}{chat}", BODY, ours
+            )
             targets[(backend, "gateway-standalone")] = Target(
-                f"{standalone_url}/sites/{site}{chat}", BODY
+                f"{standalone_url}/sites/{site}{chat}", BODY, ours
             )
             targets[(backend, "litellm")] = Target(
                 f"{litellm_url}{chat}",

@@ -13,15 +13,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from serve_app.auth import build_authenticator
 from serve_app.config import FederationConfig
 from serve_app.control_channel import build_channels
 from serve_app.errors import register_error_handlers
 from serve_app.gateway import Gateway
+from serve_app.ledger import UsageLedger
 from serve_app.middleware import RequestContextMiddleware
-from serve_app.routes import health
+from serve_app.ratelimit import LocalRateLimiter, NoRateLimiter, RateLimiter
+from serve_app.routes import health, whoami
 from serve_app.routes.inference import build_inference_router
 from serve_app.routes.models import build_models_router
 from serve_app.settings import Settings
+from serve_app.store import build_store
 
 DESCRIPTION = """One OpenAI-compatible endpoint over many HPC sites.
 
@@ -32,14 +36,28 @@ pins a request to one site. Errors are OpenAI-shaped:
 
 
 def build_app(
-    config: FederationConfig, settings: Settings | None = None, on_serve: bool = False
+    config: FederationConfig,
+    settings: Settings | None = None,
+    on_serve: bool = False,
+    limiter: RateLimiter | None = None,
 ) -> FastAPI:
-    """The gateway app; `on_serve` when Ray Serve's proxy fronts it (it sets request ids)."""
+    """The gateway app; `on_serve` when Ray Serve's proxy fronts it (it sets request ids).
+
+    `limiter` holds the rate limits when several replicas must share them;
+    by default this process keeps them itself.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        channels = build_channels(config, settings or Settings.from_environment())
-        gateway = Gateway(config, channels)
+        environment = settings or Settings.from_environment()
+        channels = build_channels(config, environment)
+        store = build_store(config.store)
+        ledger = UsageLedger(store, config.ledger) if config.ledger.enabled else None
+        chosen = limiter or (LocalRateLimiter(config.limits) if config.limits else NoRateLimiter())
+        gateway = Gateway(config, channels, chosen, ledger)
+        app.state.authenticator = build_authenticator(
+            config.auth, gateway.policy, store, environment
+        )
         await gateway.start()
         app.state.gateway = gateway
         try:
@@ -49,6 +67,7 @@ def build_app(
 
     app = FastAPI(title="FIRST gateway", description=DESCRIPTION, lifespan=lifespan)
     app.include_router(health.router)
+    app.include_router(whoami.router)
     for pinned in (False, True):
         app.include_router(build_models_router(pinned))
         app.include_router(build_inference_router(pinned))

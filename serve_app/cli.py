@@ -31,17 +31,25 @@ def _load_site(path: str, port: int | None = None) -> SiteConfig:
     return site
 
 
-def _usage_banner(headline: str, url: str, models: list[str], where: str = "") -> str:
+def _usage_banner(
+    headline: str, url: str, models: list[str], where: str = "", api_key: str | None = None
+) -> str:
     """What to run against the endpoint that just came up; `where` follows the model list."""
     model = models[0] if models else "MODEL"
+    key_line = (
+        f"API key: {api_key}   (to keep it for the next run: export FIRST_API_KEY={api_key})\n"
+        if api_key
+        else ""
+    )
+    auth = f" -H 'Authorization: Bearer {api_key}'" if api_key else ""
     return f"""
 {headline} is serving an OpenAI-compatible API at {url}/v1
 Models: {", ".join(models)}{where}
-
-  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
+{key_line}
+  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 16}}'
 
-  python -c "from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='none'); \\
+  python -c "from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='{api_key or "none"}'); \\
 print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello'}}], max_tokens=16).choices[0].message.content)"
 
 Press Ctrl-C to stop.
@@ -155,7 +163,17 @@ def gateway() -> None:
     show_default=True,
     help="How long to wait for the colocated sites' warm models to answer.",
 )
-def gateway_up(config_path: str, standalone: bool, port: int | None, timeout_s: float) -> None:
+@click.option(
+    "--with-key",
+    "key_user",
+    default=None,
+    metavar="USER",
+    help="Make an API key for USER and show it in the examples; with $FIRST_API_KEY set, "
+    "that key is registered (or reused) instead, so scripted runs are repeatable.",
+)
+def gateway_up(
+    config_path: str, standalone: bool, port: int | None, timeout_s: float, key_user: str | None
+) -> None:
     """Start the gateway (and its colocated sites) and serve until Ctrl-C."""
     from deployments.site_runner import shut_down
     from serve_app.config import FederationConfig, load_federation
@@ -178,15 +196,17 @@ def gateway_up(config_path: str, standalone: bool, port: int | None, timeout_s: 
         config = FederationConfig.model_validate(data)
     url = gateway_url(config)
     models = sorted({m.id for s in config.sites for m in s.site_config.models})
+    settings = Settings.from_environment()
+    api_key = _banner_key(config, key_user, settings.api_key) if key_user else None
 
     def announce() -> None:
         where = f"   (sites and their state: {url}/health, {url}/v1/models)"
-        click.echo(_usage_banner("The gateway", url, models, where), err=True)
+        click.echo(_usage_banner("The gateway", url, models, where, api_key), err=True)
         click.echo(f"READY {url}", err=False)
 
     started = time.monotonic()
     try:
-        verify_channels(config, Settings.from_environment(), _echo)
+        verify_channels(config, settings, _echo)
         if standalone:
             _echo(f"serving standalone on {url}")
             serve_standalone(config, announce)
@@ -207,6 +227,114 @@ def gateway_up(config_path: str, standalone: bool, port: int | None, timeout_s: 
             shut_down(config.gateway.ray, apps)
     except GatewayStartError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _banner_key(config, user: str, given: str | None) -> str:
+    """The key `--with-key` shows: $FIRST_API_KEY (registered if new) or a new one."""
+    from serve_app.store import new_api_key
+
+    if not config.auth.api_keys:
+        raise click.ClickException("--with-key: this gateway accepts no API keys (auth.api_keys)")
+    store = _open_store(config)
+    if given:
+        known = store.find_key(given)
+        if known is not None and known.revoked_at is not None:
+            raise click.ClickException(f"FIRST_API_KEY is the revoked key {known.key_id}")
+        if known is None:
+            store.add_key(given, user, [])
+            _echo(f"registered FIRST_API_KEY for {user}")
+        return given
+    key = new_api_key()
+    record = store.add_key(key, user, [])
+    _echo(f"made API key {record.key_id} for {user}")
+    return key
+
+
+def _open_store(config):
+    from serve_app.store import StoreError, build_store
+
+    try:
+        return build_store(config.store)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group()
+def keys() -> None:
+    """Make, list and revoke API keys (kept hashed in the gateway's store)."""
+
+
+_FEDERATION_OPTION = click.option(
+    "--config",
+    "config_path",
+    default="cluster_configs/local-federation.yaml",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Federation YAML file whose store holds the keys.",
+)
+
+
+def _store_of(config_path: str):
+    from serve_app.config import load_federation
+
+    try:
+        config = load_federation(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    return _open_store(config)
+
+
+@keys.command("create")
+@_FEDERATION_OPTION
+@click.option("--user", required=True, help="Who the key is for (shown in the usage ledger).")
+@click.option(
+    "--groups",
+    default="",
+    help="Comma-separated groups the key's holder belongs to (as the access policy names them).",
+)
+def keys_create(config_path: str, user: str, groups: str) -> None:
+    """Make a key and print it once on stdout; only its hash is stored."""
+    from serve_app.store import new_api_key
+
+    names = [g.strip() for g in groups.split(",") if g.strip()]
+    if not user.strip():
+        raise click.ClickException("--user must not be empty")
+    store = _store_of(config_path)
+    key = new_api_key()
+    record = store.add_key(key, user.strip(), names)
+    _echo(
+        f"key {record.key_id} for {record.user} (groups: {', '.join(names) or 'none'}); "
+        "it is shown only now"
+    )
+    click.echo(key)
+
+
+@keys.command("list")
+@_FEDERATION_OPTION
+def keys_list(config_path: str) -> None:
+    """List keys: id, user, groups, when made, and whether revoked. Never the keys."""
+    rows = _store_of(config_path).list_keys()
+    click.echo(f"{'ID':<12} {'USER':<24} {'CREATED (UTC)':<20} {'STATUS':<8} GROUPS")
+    for key in rows:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(key.created_at))
+        status = "revoked" if key.revoked_at else "active"
+        click.echo(
+            f"{key.key_id:<12} {key.user:<24} {created:<20} {status:<8} {','.join(key.groups)}"
+        )
+
+
+@keys.command("revoke")
+@_FEDERATION_OPTION
+@click.argument("key_id")
+def keys_revoke(config_path: str, key_id: str) -> None:
+    """Revoke the key KEY_ID (see `first keys list`); gateways refuse it within seconds."""
+    from serve_app.store import StoreError
+
+    try:
+        key = _store_of(config_path).revoke_key(key_id)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    _echo(f"key {key.key_id} of {key.user} is revoked")
 
 
 @main.group()

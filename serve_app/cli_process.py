@@ -39,11 +39,18 @@ class FirstProcess:
     url: str | None = None
 
     @classmethod
-    def start(cls, args: list[str], workdir: Path, name: str) -> FirstProcess:
+    def start(
+        cls, args: list[str], workdir: Path, name: str, env: dict[str, str] | None = None
+    ) -> FirstProcess:
+        """Start `first ARGS`; `env` is added to this process's environment."""
         out_path, log_path = workdir / f"{name}.out", workdir / f"{name}.log"
         with open(out_path, "w") as out, open(log_path, "w") as log:
             process = subprocess.Popen(
-                [FIRST, *args], stdout=out, stderr=log, start_new_session=True
+                [FIRST, *args],
+                stdout=out,
+                stderr=log,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
             )
         return cls(args, process, out_path, log_path)
 

@@ -49,6 +49,37 @@ class InvalidRequestError(GatewayError):
     code = "invalid_value"
 
 
+class AuthenticationError(GatewayError):
+    """No credential, or one that is not valid: the client must sign in again."""
+
+    status = 401
+    code = "invalid_api_key"
+
+    def response(self) -> JSONResponse:
+        response = super().response()
+        response.headers["WWW-Authenticate"] = 'Bearer realm="first"'
+        return response
+
+
+class PermissionDeniedError(GatewayError):
+    """A valid credential that the policy does not allow this."""
+
+    status = 403
+    code = "permission_denied"
+
+
+class RateLimitError(GatewayError):
+    status = 429
+    code = "rate_limit_exceeded"
+
+
+class AuthUnavailableError(GatewayError):
+    """Globus Auth cannot be reached, so a new token cannot be checked now."""
+
+    status = 503
+    code = "auth_unavailable"
+
+
 class ModelNotFoundError(GatewayError):
     status = 404
     code = "model_not_found"
@@ -91,12 +122,15 @@ class UpstreamTimeoutError(GatewayError):
 # Statuses every API route may answer, for the OpenAPI schema.
 DOCUMENTED_ERRORS = {
     400: "Malformed request: not JSON, a missing or invalid field.",
+    401: "Missing, malformed, expired or unknown credential (API key or Globus token).",
+    403: "The credential is valid but the policy does not allow this caller or model.",
     404: "Unknown model, site or route.",
     413: "Request body larger than the gateway accepts.",
     415: "Request body is not application/json.",
+    429: "Over a request or token limit; see Retry-After.",
     500: "The gateway failed; the message carries the request id.",
     502: "A site answered with something that is not an OpenAI response.",
-    503: "No site can serve the model now; see Retry-After.",
+    503: "No site can serve the model now, or Globus Auth cannot be reached; see Retry-After.",
     504: "The site did not answer in time.",
 }
 

@@ -26,6 +26,7 @@ from starlette.responses import Response, StreamingResponse
 
 from deployments.openai_errors import error_body
 from serve_app.errors import NoSiteAvailableError, UpstreamError, UpstreamTimeoutError
+from serve_app.metering import Meter
 from serve_app.site_state import SiteState
 
 logger = logging.getLogger(__name__)
@@ -74,9 +75,14 @@ class Forwarder:
         await asyncio.gather(*(client.close() for client in self.clients.values()))
 
     async def forward(
-        self, path: str, body: bytes, model: str, request_id: str, order: list[str]
+        self, path: str, body: bytes, request_id: str, order: list[str], meter: Meter
     ) -> Response:
-        """Send to the first site in `order` that starts answering; return its answer."""
+        """Send to the first site in `order` that starts answering; return its answer.
+
+        `meter` hears which site answered, with what status and usage, once
+        the answer has been passed on (for a stream: when it ends).
+        """
+        model = meter.model
         attempt = _Attempt(model)
         for name in order:
             state = self.sites[name]
@@ -86,7 +92,8 @@ class Forwarder:
                 continue
             response = await self._send(state, path, body, request_id, attempt)
             if response is not None:
-                return await self._relay(state, response, model)
+                meter.site = name
+                return await self._relay(state, response, meter)
         summary = "; ".join(attempt.failures) or "no site tried"
         if attempt.timed_out:
             raise UpstreamTimeoutError(f"No site answered in time ({summary}).")
@@ -131,13 +138,14 @@ class Forwarder:
         return response
 
     async def _relay(
-        self, state: SiteState, response: aiohttp.ClientResponse, model: str
+        self, state: SiteState, response: aiohttp.ClientResponse, meter: Meter
     ) -> Response:
+        model = meter.model
         headers = {k: v for k in PASSED_HEADERS if (v := response.headers.get(k))}
         headers[SITE_HEADER] = state.name
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             return StreamingResponse(
-                self._stream(state, response, model),
+                meter.metered(self._stream(state, response, meter)),
                 status_code=response.status,
                 headers=headers,
             )
@@ -160,26 +168,34 @@ class Forwarder:
             if response.status >= 500:
                 # The site failed, not the gateway: say so with 502, never pass a 500 on.
                 raise UpstreamError(f"Site {state.name} failed to process the request: {message}")
+        if response.status == 200:
+            meter.read_body(content)
+        meter.finish(response.status)
         return Response(content, status_code=response.status, headers=headers)
 
     async def _stream(
-        self, state: SiteState, response: aiohttp.ClientResponse, model: str
+        self, state: SiteState, response: aiohttp.ClientResponse, meter: Meter
     ) -> AsyncIterator[bytes]:
         deadline = time.monotonic() + state.config.timeouts.total_s
+        model = meter.model
         finished = False
+        status = 499  # unless it ends, or the site breaks it off
         try:
             async for chunk in response.content.iter_any():
                 yield chunk
                 if time.monotonic() > deadline:
                     raise TimeoutError("the stream ran past its total time limit")
             finished = True
+            status = response.status
         except SITE_ERRORS as exc:
+            status = 502
             state.breaker.record_failure(time.monotonic())
             message = f"Site {state.name} broke off the stream: {_describe(exc)}."
             logger.warning(message)
             yield sse_error_event(message, 502, "upstream_error")
         finally:
             state.in_flight[model] -= 1
+            meter.finish(status)
             if finished:
                 response.release()  # the connection goes back to the pool
             else:

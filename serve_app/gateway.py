@@ -2,13 +2,15 @@
 
 Routes call this and nothing else. One instance lives in each ingress replica
 (built by the app's lifespan), so every replica keeps its own view of the
-sites and its own in-flight counts; nothing is shared between replicas.
+sites and its own in-flight counts. What must be shared between replicas
+(rate limits, the usage ledger) comes in through the limiter and the ledger.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -18,18 +20,48 @@ from starlette.responses import Response
 
 from serve_app.config import FederationConfig
 from serve_app.control_channel import ControlChannel
-from serve_app.errors import ModelNotFoundError, NoSiteAvailableError, SiteNotFoundError
+from serve_app.errors import (
+    GatewayError,
+    ModelNotFoundError,
+    NoSiteAvailableError,
+    SiteNotFoundError,
+)
 from serve_app.forwarding import Forwarder
+from serve_app.ledger import UsageLedger
+from serve_app.metering import Meter
 from serve_app.placement import Placer
-from serve_app.protocol import HealthReport, ModelCard, ModelList, ModelPlacement, SiteHealthReport
+from serve_app.policy import Policy, Principal
+from serve_app.protocol import (
+    CallerLimits,
+    HealthReport,
+    ModelCard,
+    ModelList,
+    ModelPlacement,
+    OpenAIModel,
+    SiteHealthReport,
+    StreamOptions,
+    WhoAmI,
+)
+from serve_app.ratelimit import RateLimiter
 from serve_app.site_state import SiteState, StatusPoller
+from serve_app.store import UsageRecord
 
 T = TypeVar("T")
 
 
 class Gateway:
-    def __init__(self, config: FederationConfig, channels: dict[str, ControlChannel]):
+    def __init__(
+        self,
+        config: FederationConfig,
+        channels: dict[str, ControlChannel],
+        limiter: RateLimiter,
+        ledger: UsageLedger | None,
+    ):
         self.config = config
+        self.policy = Policy(config.policy)
+        self.limiter = limiter
+        self.ledger = ledger
+        self._background: set[asyncio.Task] = set()
         self.sites = {site.name: SiteState(site, config) for site in config.sites}
         self.pollers = [StatusPoller(state, channels[name]) for name, state in self.sites.items()]
         self.placer = Placer(config.placement.policy, config.placement.latency_tolerance)
@@ -43,6 +75,9 @@ class Gateway:
     async def stop(self) -> None:
         await asyncio.gather(*(poller.stop() for poller in self.pollers))
         await self.forwarder.close()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.ledger is not None:
+            await asyncio.to_thread(self.ledger.close)
 
     # -- models -------------------------------------------------------------
 
@@ -55,12 +90,15 @@ class Gateway:
             )
         return [self.sites[site]]
 
-    def models(self, site: str | None = None) -> ModelList:
+    def models(self, caller: Principal, site: str | None = None) -> ModelList:
+        """The models `caller` may use; models restricted to other groups are not shown."""
         now = time.monotonic()
         placements: dict[str, list[ModelPlacement]] = {}
         for state in self._sites_for(site):
             health = state.health(now)
             for model in sorted(state.models):
+                if not self.policy.may_use(caller, model):
+                    continue
                 status = state.model_status(model) if health in ("up", "stale") else None
                 placements.setdefault(model, []).append(
                     ModelPlacement(
@@ -76,27 +114,49 @@ class Gateway:
         ]
         return ModelList(data=cards)
 
-    def model(self, model_id: str, site: str | None = None) -> ModelCard:
-        for card in self.models(site).data:
+    def model(self, caller: Principal, model_id: str, site: str | None = None) -> ModelCard:
+        for card in self.models(caller, site).data:
             if card.id == model_id:
                 return card
-        raise self._unknown_model(model_id, site)
+        raise self._unknown_model(caller, model_id, site)
 
-    def _unknown_model(self, model: str, site: str | None) -> ModelNotFoundError:
-        known = sorted({m for state in self._sites_for(site) for m in state.models})
+    def _unknown_model(self, caller: Principal, model: str, site: str | None) -> ModelNotFoundError:
+        served = {m for state in self._sites_for(site) for m in state.models}
+        known = sorted(m for m in served if self.policy.may_use(caller, m))
         where = f" on site {site!r}" if site else ""
         return ModelNotFoundError(
             f"The model {model!r} does not exist{where}. Available models: {', '.join(known)}.",
             param="model",
         )
 
+    def describe(self, caller: Principal) -> WhoAmI:
+        models = [card.id for card in self.models(caller).data]
+        limits = self.config.limits
+        return WhoAmI(
+            user=caller.user,
+            credential=caller.credential,
+            identity_id=caller.identity_id,
+            name=caller.name,
+            email=caller.email,
+            identity_provider=caller.identity_provider,
+            key_id=caller.key_id,
+            groups=sorted(caller.groups),
+            models=models,
+            limits=None
+            if limits is None
+            else CallerLimits(
+                **limits.for_user(caller.user).model_dump(),
+                model_tokens_per_min={m: limits.for_model(m) for m in models},
+            ),
+        )
+
     # -- requests -----------------------------------------------------------
 
-    def placement_order(self, model: str, site: str | None = None) -> list[str]:
+    def placement_order(self, caller: Principal, model: str, site: str | None = None) -> list[str]:
         """Sites to try for `model`, best first; 404 if none serves it, 503 if none can now."""
         states = [s for s in self._sites_for(site) if model in s.models]
         if not states:
-            raise self._unknown_model(model, site)
+            raise self._unknown_model(caller, model, site)
         now = time.monotonic()
         candidates = [c for s in states if (c := s.candidate(model, now)) is not None]
         if not candidates:
@@ -109,15 +169,85 @@ class Gateway:
         return [c.site for c in ordered[: self.config.placement.max_attempts]]
 
     async def forward(
-        self, request: Request, path: str, body: bytes, model: str, site: str | None = None
+        self,
+        request: Request,
+        path: str,
+        body: OpenAIModel,
+        caller: Principal,
+        site: str | None = None,
     ) -> Response:
-        order = self.placement_order(model, site)
+        """Check the caller may, pick sites, forward; every outcome goes to the ledger."""
+        model = body.model
         request_id = request.scope.get("state", {}).get("request_id", "")
-        response = await until_disconnected(
-            request, self.forwarder.forward(path, body, model, request_id, order)
-        )
-        # 499: nginx's "client closed request"; nobody is left to read it.
-        return response if response is not None else Response(status_code=499)
+        payload, meter = self._prepare(body)
+        meter.on_done = self._accountant(caller, path, request_id, body)
+        try:
+            self.policy.require_model(caller, model)
+            await self.limiter.admit(caller.user, model)
+            order = self.placement_order(caller, model, site)
+            response = await until_disconnected(
+                request, self.forwarder.forward(path, payload, request_id, order, meter)
+            )
+        except GatewayError as exc:
+            meter.finish(exc.status)
+            raise
+        except asyncio.CancelledError:
+            meter.finish(499)
+            raise
+        except Exception:
+            meter.finish(500)
+            raise
+        if response is None:
+            # 499: nginx's "client closed request"; nobody is left to read it.
+            meter.finish(499)
+            return Response(status_code=499)
+        return response
+
+    def _prepare(self, body: OpenAIModel) -> tuple[bytes, Meter]:
+        """The site's request body; streams always ask the site for usage, to meter them."""
+        keep = self.config.ledger.store_content
+        usage_requested = True
+        if getattr(body, "stream", None):
+            options = body.stream_options or StreamOptions()
+            usage_requested = bool(options.include_usage)
+            if not usage_requested:
+                options = options.model_copy(update={"include_usage": True})
+                body = body.model_copy(update={"stream_options": options})
+        # Explicit nulls mean "default" in OpenAI's API; some servers choke on them.
+        payload = body.model_dump_json(exclude_none=True).encode()
+        return payload, Meter(body.model, usage_requested=usage_requested, keep_content=keep)
+
+    def _accountant(self, caller: Principal, path: str, request_id: str, body: OpenAIModel):
+        started_at, started = time.time(), time.monotonic()
+
+        def account(meter: Meter) -> None:
+            if meter.total_tokens:
+                task = asyncio.ensure_future(
+                    self.limiter.record(caller.user, meter.model, meter.total_tokens)
+                )
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            if self.ledger is None:
+                return
+            self.ledger.record(
+                UsageRecord(
+                    time=started_at,
+                    request_id=request_id,
+                    user=caller.user,
+                    credential=caller.credential,
+                    route=path,
+                    model=meter.model[:256],
+                    site=meter.site,
+                    status=meter.status,
+                    prompt_tokens=meter.prompt_tokens,
+                    completion_tokens=meter.completion_tokens,
+                    latency_s=round(time.monotonic() - started, 6),
+                    prompt=_prompt_of(body) if meter.keep_content else None,
+                    completion=meter.completion,
+                )
+            )
+
+        return account
 
     # -- health -------------------------------------------------------------
 
@@ -138,6 +268,13 @@ class Gateway:
         up = sum(r.health in ("up", "stale") for r in reports)
         status = "ok" if up == len(reports) else "degraded" if up else "no_sites"
         return HealthReport(status=status, sites=reports)
+
+
+def _prompt_of(body: OpenAIModel) -> str:
+    for name in ("messages", "prompt", "input"):
+        if (value := getattr(body, name, None)) is not None:
+            return json.dumps(value, default=lambda v: v.model_dump(exclude_none=True))
+    return ""
 
 
 def _why_not(state: SiteState, model: str, now: float) -> str:

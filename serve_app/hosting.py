@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import httpx
 
@@ -30,6 +31,10 @@ from deployments.site_runner import (
 from serve_app.config import FederationConfig
 from serve_app.control_channel import ChannelError, build_channels
 from serve_app.settings import Settings
+from serve_app.store import StoreError, build_store, new_api_key
+
+# The user of the short-lived key that start-up checks sign their requests with.
+STARTUP_CHECK_USER = "first-startup-check"
 
 
 class GatewayStartError(RuntimeError):
@@ -90,13 +95,45 @@ def bring_up_on_serve(config: FederationConfig, timeout_s: float, progress: Prog
     wait_until_gateway_answers(config, deadline, progress)
 
 
+@contextmanager
+def startup_credential(config: FederationConfig) -> Iterator[str | None]:
+    """A key for the start-up checks, allowed every model, deleted once they are done.
+
+    None when the gateway needs no credential, or accepts no API keys (then
+    only /health is checked through it).
+    """
+    if not (config.auth.required and config.auth.api_keys):
+        yield None
+        return
+    try:
+        store = build_store(config.store)
+    except StoreError as exc:
+        raise GatewayStartError(str(exc)) from None
+    policy = config.policy
+    groups = set(policy.groups) | {g for access in policy.models.values() for g in access.groups}
+    key = new_api_key()
+    record = store.add_key(key, STARTUP_CHECK_USER, sorted(groups))
+    try:
+        yield key
+    finally:
+        store.delete_key(record.key_id)
+
+
 def wait_until_gateway_answers(
     config: FederationConfig, deadline: float, progress: Progress
 ) -> None:
     """The gateway answers /health, and a completion for every warm colocated model."""
     models = [model.id for site in config.colocated_sites for model in warm_models(site)]
-    with httpx.Client(base_url=gateway_url(config), timeout=30.0) as client:
+    with (
+        startup_credential(config) as key,
+        httpx.Client(base_url=gateway_url(config), timeout=30.0) as client,
+    ):
         _wait(lambda: client.get("/health"), "the gateway's /health", deadline)
+        if key is None and config.auth.required:
+            progress("no API keys accepted: model checks through the gateway skipped")
+            return
+        if key is not None:
+            client.headers["authorization"] = f"Bearer {key}"
         for model in models:
             _wait(
                 lambda m=model: ping_model(client, m),

@@ -3,35 +3,93 @@
 The app is built inside each replica (`__serve_build_asgi_app__`), so the
 config travels as plain data and every replica runs the app's lifespan:
 its own control channels, status pollers and site connections.
+
+Rate limits must hold across replicas, so they live in one more deployment,
+`RateLimitService`, with a single replica that every ingress replica asks
+through a `DeploymentHandle`. Serve deploys, restarts and removes it with the
+gateway application.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.deployment import Application
+from ray.serve.handle import DeploymentHandle
 
 from serve_app.app import build_app
-from serve_app.config import FederationConfig
+from serve_app.config import FederationConfig, LimitsConfig
+from serve_app.ratelimit import LimitBook, Refusal, refuse
 
+logger = logging.getLogger(__name__)
 # The ingress only waits on sites; its concurrency is bounded by the sites, not by CPU.
 MAX_ONGOING_REQUESTS = 1000
+# Limits protect fairness, not security: if the limiter does not answer in this
+# long, the request goes through rather than waiting on it.
+LIMITER_TIMEOUT_S = 2.0
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=100_000, ray_actor_options={"num_cpus": 0})
+class RateLimitService:
+    """The one `LimitBook` of the whole gateway; its methods never await, so calls are atomic."""
+
+    def __init__(self, limits: dict[str, Any]):
+        self.book = LimitBook(LimitsConfig.model_validate(limits))
+
+    def admit(self, user: str, model: str) -> Refusal | None:
+        return self.book.admit(user, model, time.monotonic())
+
+    def record(self, user: str, model: str, tokens: int) -> None:
+        self.book.record(user, model, tokens, time.monotonic())
+
+
+class ServeRateLimiter:
+    """The ingress replicas' side of `RateLimitService`."""
+
+    def __init__(self, handle: DeploymentHandle):
+        self.handle = handle
+
+    async def admit(self, user: str, model: str) -> None:
+        try:
+            refusal = await asyncio.wait_for(
+                self.handle.admit.remote(user, model), LIMITER_TIMEOUT_S
+            )
+        except Exception as exc:  # any failure (a timeout too) lets the request through
+            logger.warning("rate limiter unavailable (%s); admitting", type(exc).__name__)
+            return
+        if refusal is not None:
+            raise refuse(refusal)
+
+    async def record(self, user: str, model: str, tokens: int) -> None:
+        try:
+            await asyncio.wait_for(
+                self.handle.record.remote(user, model, tokens), LIMITER_TIMEOUT_S
+            )
+        except Exception as exc:  # a lost count must not fail the request
+            logger.warning("rate limiter unavailable (%s); tokens not counted", type(exc).__name__)
 
 
 @serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS)
 @serve.ingress()
 class FederatedIngress:
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], limiter: DeploymentHandle | None = None):
         self._config = FederationConfig.model_validate(config)
+        self._limiter = ServeRateLimiter(limiter) if limiter is not None else None
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_app(self._config, on_serve=True)
+        return build_app(self._config, on_serve=True, limiter=self._limiter)
 
 
 def build_gateway_app(config: FederationConfig) -> Application:
     """The Serve application of the gateway, autoscaled as the config says."""
+    limiter = None
+    if config.limits is not None:
+        limiter = RateLimitService.bind(config.limits.model_dump(mode="json"))
     return FederatedIngress.options(
         autoscaling_config=config.gateway.autoscaling,
-    ).bind(config.model_dump(mode="json"))
+    ).bind(config.model_dump(mode="json"), limiter)

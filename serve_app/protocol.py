@@ -279,3 +279,28 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class CallerLimits(BaseModel):
+    """The caller's limits; null: unlimited."""
+
+    requests_per_s: float | None
+    tokens_per_min: int | None
+    model_tokens_per_min: dict[str, int | None] = Field(
+        description="Tokens per minute of each model the caller may use, all users together."
+    )
+
+
+class WhoAmI(BaseModel):
+    """The caller as the gateway sees them."""
+
+    user: str
+    credential: Literal["api-key", "globus", "anonymous"]
+    identity_id: str | None = None
+    name: str | None = None
+    email: str | None = None
+    identity_provider: str | None = None
+    key_id: str | None = None
+    groups: list[str]
+    models: list[str] = Field(description="The models this caller may use.")
+    limits: CallerLimits | None = Field(description="null: the gateway sets no limits.")

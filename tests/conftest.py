@@ -6,21 +6,33 @@ private Ray temp folder, in its own session, and stopped by its own process
 (SIGTERM, then its process group). Ready means every model answered a
 completion through the gateway, which `first gateway up` checks before it
 prints READY. A standalone gateway (uvicorn) fronts the same site.
+
+Both gateways run with the whole access layer on: API keys made with
+`first keys create` in a store of their own, Globus Auth tokens checked by a
+fake Globus Auth and Groups on 127.0.0.1 (tests/fakes/globus_auth.py),
+a policy with a required group and a restricted model, limits, and the
+usage ledger. The Serve gateway runs two replicas, so limits are tested
+across replicas.
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 import yaml
 
 from serve_app.cli_process import FIRST, FirstProcess, free_port
 from serve_app.config import load_federation
+from tests.fakes.globus_auth import FakeGlobusAuth, FakeIdentity, running_fake_globus_auth
 
 REPO = Path(__file__).resolve().parent.parent
 STACK_START_TIMEOUT_S = 600
@@ -28,6 +40,88 @@ VLLM_MODEL = "tiny-llama"
 SIMULATED_MODEL = "sim-llama"
 TINY_CONTEXT = 256
 __all__ = ["FIRST", "SIMULATED_MODEL", "TINY_CONTEXT", "VLLM_MODEL", "free_port"]
+
+# The access policy both test gateways run with.
+GLOBUS_CLIENT_ID = str(uuid.UUID(int=1))
+GLOBUS_CLIENT_SECRET = "gateway-secret"
+GLOBUS_SCOPE = f"https://auth.globus.org/scopes/{GLOBUS_CLIENT_ID}/inference"
+MEMBERS = str(uuid.uuid5(uuid.NAMESPACE_URL, "first-members"))  # may use the gateway
+INSIDERS = str(uuid.uuid5(uuid.NAMESPACE_URL, "first-insiders"))  # may also use sim-llama
+ALLOWED_DOMAIN = "uni.example.edu"
+OTHER_IDP = str(uuid.uuid5(uuid.NAMESPACE_URL, "other-idp"))
+UNI_IDP = str(uuid.uuid5(uuid.NAMESPACE_URL, "uni-idp"))
+RESTRICTED_MODEL = SIMULATED_MODEL
+STANDALONE_CACHE_S = 3.0
+# Users with limits of their own (the defaults are high so other tests never meet them).
+BURST_USER, BURST_RATE = "burst-tester", 10.0
+CAPPED_USER, CAPPED_TOKENS_PER_MIN = "capped-tester", 40
+
+
+def access_config(store_path: Path) -> dict:
+    """The auth, policy, limits, store and ledger sections of the test federations."""
+    return {
+        "auth": {"globus": {"scope": GLOBUS_SCOPE, "max_retries": 0}},
+        "policy": {
+            "identity_domains": [ALLOWED_DOMAIN],
+            "groups": [MEMBERS],
+            "models": {RESTRICTED_MODEL: {"groups": [INSIDERS]}},
+        },
+        "limits": {
+            "requests_per_s": 1000,
+            "tokens_per_min": 10_000_000,
+            "model_tokens_per_min": 10_000_000,
+            "users": {
+                BURST_USER: {"requests_per_s": BURST_RATE},
+                CAPPED_USER: {"tokens_per_min": CAPPED_TOKENS_PER_MIN},
+            },
+        },
+        "store": {"path": str(store_path)},
+        "ledger": {"flush_interval_s": 0.2},
+    }
+
+
+def globus_environment(auth: FakeGlobusAuth) -> dict[str, str]:
+    """What points a gateway's globus-sdk at the fake, and its client credentials."""
+    return {
+        "FIRST_GLOBUS_CLIENT_ID": GLOBUS_CLIENT_ID,
+        "FIRST_GLOBUS_CLIENT_SECRET": GLOBUS_CLIENT_SECRET,
+        "GLOBUS_SDK_SERVICE_URL_AUTH": auth.url,
+        "GLOBUS_SDK_SERVICE_URL_GROUPS": auth.url,
+    }
+
+
+def globus_user(name: str, groups: list[str], idp: str = UNI_IDP) -> FakeIdentity:
+    return FakeIdentity(username=f"{name}@{ALLOWED_DOMAIN}", identity_provider=idp, groups=groups)
+
+
+def make_key(federation_path: Path, user: str, groups: list[str]) -> str:
+    """`first keys create`, as an operator runs it; the key is its only stdout line."""
+    result = subprocess.run(
+        [
+            FIRST,
+            "keys",
+            "create",
+            "--config",
+            str(federation_path),
+            "--user",
+            user,
+            "--groups",
+            ",".join(groups),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def globus_auth() -> Iterator[FakeGlobusAuth]:
+    """The fake Globus Auth and Groups every test gateway checks tokens with."""
+    with running_fake_globus_auth(GLOBUS_CLIENT_ID, GLOBUS_CLIENT_SECRET) as auth:
+        auth.resource_scope = GLOBUS_SCOPE
+        yield auth
 
 
 def private_ray_temp() -> Path:
@@ -47,6 +141,29 @@ class RunningStack:
     site: RunningSite
     federation_path: Path
     process: FirstProcess
+    api_key: str  # a member of every group: may use every model
+    workdir: Path
+    ray_temp: Path
+
+    @property
+    def store_path(self) -> Path:
+        return self.workdir / "first.db"
+
+    def key(self, user: str, groups: list[str] | None = None) -> str:
+        """A new API key in the stack's store (both gateways share it)."""
+        return make_key(self.federation_path, user, [MEMBERS] if groups is None else groups)
+
+    def client(self, api_key: str, url: str | None = None, **kwargs) -> openai.OpenAI:
+        kwargs.setdefault("max_retries", 0)
+        return openai.OpenAI(base_url=f"{url or self.gateway_url}/v1", api_key=api_key, **kwargs)
+
+    def http(self, api_key: str | None = None, url: str | None = None) -> httpx.Client:
+        key = api_key or self.api_key
+        return httpx.Client(
+            base_url=url or self.gateway_url,
+            headers={"authorization": f"Bearer {key}"},
+            timeout=60,
+        )
 
 
 def local_site_for_tests(model_dir: Path) -> dict:
@@ -69,12 +186,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(tiny_model_dir, tmp_path_factory) -> Iterator[RunningStack]:
+def stack(tiny_model_dir, tmp_path_factory, globus_auth) -> Iterator[RunningStack]:
     """`first gateway up` on the shipped federation, with the local site colocated."""
     ray_temp = private_ray_temp()
     workdir = tmp_path_factory.mktemp("stack")
     federation = yaml.safe_load((REPO / "cluster_configs" / "local-federation.yaml").read_text())
+    federation.update(access_config(workdir / "first.db"))
     federation["gateway"]["port"] = free_port()
+    federation["gateway"]["autoscaling"] = {"min_replicas": 2, "max_replicas": 2}
     federation["gateway"]["ray"].update(
         dashboard_port=free_port(), metrics_export_port=free_port(), temp_dir=str(ray_temp)
     )
@@ -86,13 +205,17 @@ def stack(tiny_model_dir, tmp_path_factory) -> Iterator[RunningStack]:
     site_config = load_federation(federation_path).sites[0].site_config
     site_path = workdir / "site.yaml"
     site_path.write_text(yaml.safe_dump(site_config.model_dump(mode="json")))
+    api_key = make_key(federation_path, "contract-tester", [MEMBERS, INSIDERS])
     process = FirstProcess.start(
-        ["gateway", "up", "--config", str(federation_path)], workdir, "stack"
+        ["gateway", "up", "--config", str(federation_path), "--with-key", "contract-tester"],
+        workdir,
+        "stack",
+        env={**globus_environment(globus_auth), "FIRST_API_KEY": api_key},
     )
     try:
         url = process.wait_ready(STACK_START_TIMEOUT_S)
         site = RunningSite(base_url=site_config.base_url, config_path=site_path)
-        yield RunningStack(url, site, federation_path, process)
+        yield RunningStack(url, site, federation_path, process, api_key, workdir, ray_temp)
     finally:
         process.stop()
         shutil.rmtree(ray_temp, ignore_errors=True)
@@ -103,12 +226,14 @@ def site(stack) -> RunningSite:
     return stack.site
 
 
-@pytest.fixture(scope="session")
-def standalone_gateway(stack, tmp_path_factory) -> Iterator[str]:
-    """`first gateway up --standalone` in front of the stack's site, reached over HTTP."""
-    workdir = tmp_path_factory.mktemp("standalone")
+def start_standalone(
+    stack: RunningStack, workdir: Path, globus_auth: FakeGlobusAuth, **sections
+) -> FirstProcess:
+    """`first gateway up --standalone` in front of the stack's site, with the stack's
+    access config and store, `sections` replacing top-level sections."""
     site = yaml.safe_load(stack.site.config_path.read_text())
     federation = {
+        **access_config(stack.store_path),
         "gateway": {"port": free_port()},
         "sites": [
             {
@@ -118,12 +243,28 @@ def standalone_gateway(stack, tmp_path_factory) -> Iterator[str]:
                 "channel": {"kind": "local", "poll_interval_s": 0.5},
             }
         ],
+        **sections,
     }
     path = workdir / "federation.yaml"
     path.write_text(yaml.safe_dump(federation))
-    process = FirstProcess.start(
-        ["gateway", "up", "--standalone", "--config", str(path)], workdir, "standalone"
+    return FirstProcess.start(
+        ["gateway", "up", "--standalone", "--config", str(path)],
+        workdir,
+        "standalone",
+        env=globus_environment(globus_auth),
     )
+
+
+@pytest.fixture(scope="session")
+def standalone_gateway(stack, tmp_path_factory, globus_auth) -> Iterator[str]:
+    """The standalone gateway (uvicorn) in front of the stack's site, reached over HTTP.
+
+    Same policy and store as the stack; one process, so one credential cache,
+    kept short here so the cache tests can watch entries expire.
+    """
+    auth = {**access_config(stack.store_path)["auth"]}
+    auth["cache"] = {"max_s": STANDALONE_CACHE_S, "failure_s": 1}
+    process = start_standalone(stack, tmp_path_factory.mktemp("standalone"), globus_auth, auth=auth)
     try:
         yield process.wait_ready(60)
     finally:

@@ -10,12 +10,20 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
+from serve_app.auth import Authenticator
 from serve_app.gateway import Gateway
+from serve_app.policy import Principal
 
 
 async def gateway_of(request: Request) -> Gateway:
     """The replica's Gateway, built by the app's lifespan."""
     return request.app.state.gateway
+
+
+async def caller_of(request: Request) -> Principal:
+    """Who is calling: 401/403/503 before any route runs if the credential does not do."""
+    authenticator: Authenticator = request.app.state.authenticator
+    return await authenticator.authenticate(request.headers.get("authorization"))
 
 
 async def pinned_site(
@@ -32,3 +40,4 @@ PINNED_PREFIX = "/sites/{site}"
 
 
 GatewayDep = Annotated[Gateway, Depends(gateway_of)]
+CallerDep = Annotated[Principal, Depends(caller_of)]

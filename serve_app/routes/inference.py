@@ -17,7 +17,13 @@ from serve_app.protocol import (
     EmbeddingResponse,
     OpenAIModel,
 )
-from serve_app.routes.dependencies import PINNED_PREFIX, GatewayDep, any_site, pinned_site
+from serve_app.routes.dependencies import (
+    PINNED_PREFIX,
+    CallerDep,
+    GatewayDep,
+    any_site,
+    pinned_site,
+)
 
 STREAM_DOC = {"text/event-stream": {"schema": {"type": "string"}}}
 
@@ -27,11 +33,6 @@ def _responses(model: type[OpenAIModel], streams: bool) -> dict:
     if streams:
         ok["content"] = STREAM_DOC
     return {200: ok, **documented_errors()}
-
-
-def _payload(body: OpenAIModel) -> bytes:
-    # Explicit nulls mean "default" in OpenAI's API; some servers choke on them.
-    return body.model_dump_json(exclude_none=True).encode()
 
 
 def build_inference_router(pinned: bool) -> APIRouter:
@@ -48,12 +49,11 @@ def build_inference_router(pinned: bool) -> APIRouter:
         body: ChatCompletionRequest,
         request: Request,
         gateway: GatewayDep,
+        caller: CallerDep,
         site: Annotated[str | None, Depends(site_of)],
     ) -> Response:
         """Chat completion on the least-loaded site serving the model; streams with `stream`."""
-        return await gateway.forward(
-            request, "/v1/chat/completions", _payload(body), body.model, site
-        )
+        return await gateway.forward(request, "/v1/chat/completions", body, caller, site)
 
     @router.post(
         "/v1/completions",
@@ -64,10 +64,11 @@ def build_inference_router(pinned: bool) -> APIRouter:
         body: CompletionRequest,
         request: Request,
         gateway: GatewayDep,
+        caller: CallerDep,
         site: Annotated[str | None, Depends(site_of)],
     ) -> Response:
         """Text completion on the least-loaded site serving the model."""
-        return await gateway.forward(request, "/v1/completions", _payload(body), body.model, site)
+        return await gateway.forward(request, "/v1/completions", body, caller, site)
 
     @router.post(
         "/v1/embeddings",
@@ -78,9 +79,10 @@ def build_inference_router(pinned: bool) -> APIRouter:
         body: EmbeddingRequest,
         request: Request,
         gateway: GatewayDep,
+        caller: CallerDep,
         site: Annotated[str | None, Depends(site_of)],
     ) -> Response:
         """Embeddings from a site that serves the model as an embedding model."""
-        return await gateway.forward(request, "/v1/embeddings", _payload(body), body.model, site)
+        return await gateway.forward(request, "/v1/embeddings", body, caller, site)
 
     return router

@@ -108,7 +108,7 @@ def test_unknown_model_returns_openai_404(client, target):
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="no-such-model", messages=HELLO)
     assert caught.value.body["code"] == "model_not_found"
-    with httpx.Client(base_url=target.base_url) as http:
+    with target.http() as http:
         assert_openai_error(
             http.post("/v1/chat/completions", json={"model": "no-such-model", "messages": HELLO}),
             404,
@@ -116,7 +116,7 @@ def test_unknown_model_returns_openai_404(client, target):
 
 
 def test_malformed_json_returns_openai_400(target):
-    with httpx.Client(base_url=target.base_url) as http:
+    with target.http() as http:
         response = http.post(
             "/v1/chat/completions",
             content=b'{"model": "x", "messages": [',
@@ -126,7 +126,7 @@ def test_malformed_json_returns_openai_400(target):
 
 
 def test_missing_messages_returns_openai_400_naming_the_field(target):
-    with httpx.Client(base_url=target.base_url) as http:
+    with target.http() as http:
         response = http.post("/v1/chat/completions", json={"model": target.model})
     error = assert_openai_error(response, 400)
     assert error["param"] == "messages"

@@ -129,6 +129,10 @@ def federation(tmp_path_factory) -> Iterator[Federation]:
     }
     ghost = _site_config("ghost", [_simulated("sim-even", 20, 5), _simulated("sim-ghost", 0, 0)])
     config = {
+        # Routing tests: anyone may call, without limits; the ledger stays in the workdir.
+        "auth": {"required": False},
+        "limits": None,
+        "store": {"path": str(workdir / "first.db")},
         "status": {"down_after_failures": 2},
         "circuit_breaker": {"failure_threshold": 2, "open_s": 2},
         "sites": [

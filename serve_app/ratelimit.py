@@ -1,0 +1,154 @@
+"""Request and token limits per user and per model, as token buckets.
+
+- Requests: each user's bucket holds `burst` requests and refills at
+  `requests_per_s`; a request takes one or is refused.
+- Tokens: a request's token count is known only once it ends, so a request
+  is let in while the user's (and the model's) token bucket is not in debt,
+  and its prompt plus completion tokens are taken afterwards, which may run
+  the bucket into debt; the debt is what makes the next requests wait. This
+  is how LiteLLM and FIRST meter tokens per minute.
+
+The buckets (`LimitBook`) are pure and keyed by user and model. Limits must
+hold across every ingress replica, so on Ray Serve one `LimitBook` lives in
+a single Serve deployment that all replicas ask (serve_app/ingress.py);
+standalone, the one process keeps it itself (`LocalRateLimiter`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from serve_app.config import LimitsConfig
+from serve_app.errors import RateLimitError
+
+
+@dataclass
+class TokenBucket:
+    rate_per_s: float
+    capacity: float
+    level: float
+    updated: float
+
+    @classmethod
+    def full(cls, rate_per_s: float, capacity: float, now: float) -> TokenBucket:
+        return cls(rate_per_s, capacity, capacity, now)
+
+    def refill(self, now: float) -> None:
+        elapsed = max(now - self.updated, 0.0)
+        self.level = min(self.capacity, self.level + elapsed * self.rate_per_s)
+        self.updated = now
+
+    def wait_s(self, amount: float) -> float:
+        """Seconds until `amount` is in the bucket (0: now)."""
+        return max(amount - self.level, 0.0) / self.rate_per_s
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request must wait, and for how long."""
+
+    message: str
+    retry_after_s: int
+
+
+class LimitBook:
+    """Every user's and model's buckets. Not thread-safe: one owner calls it."""
+
+    def __init__(self, limits: LimitsConfig):
+        self.limits = limits
+        self._requests: dict[str, TokenBucket] = {}
+        self._user_tokens: dict[str, TokenBucket] = {}
+        self._model_tokens: dict[str, TokenBucket] = {}
+
+    def admit(self, user: str, model: str, now: float) -> Refusal | None:
+        """Take one request for `user` on `model`, or say why not."""
+        mine = self.limits.for_user(user)
+        if mine.requests_per_s is not None:
+            burst = self.limits.burst or max(mine.requests_per_s, 1.0)
+            bucket = _bucket(self._requests, user, mine.requests_per_s, burst, now)
+            if bucket.level < 1:
+                return _refusal(f"{user} is over {mine.requests_per_s:g} requests/s", bucket, 1)
+        tokens = self._token_buckets(user, model, now)
+        for what, bucket in tokens:
+            if bucket.level < 0:
+                return _refusal(what, bucket, 0)
+        if mine.requests_per_s is not None:
+            self._requests[user].level -= 1
+        return None
+
+    def record(self, user: str, model: str, tokens: int, now: float) -> None:
+        """Take a finished request's tokens from the user's and the model's buckets."""
+        for _, bucket in self._token_buckets(user, model, now):
+            bucket.level -= tokens
+
+    def _token_buckets(self, user: str, model: str, now: float) -> list[tuple[str, TokenBucket]]:
+        found = []
+        per_user = self.limits.for_user(user).tokens_per_min
+        if per_user is not None:
+            bucket = _bucket(self._user_tokens, user, per_user / 60, per_user, now)
+            found.append((f"{user} is over {per_user} tokens/min", bucket))
+        per_model = self.limits.for_model(model)
+        if per_model is not None:
+            bucket = _bucket(self._model_tokens, model, per_model / 60, per_model, now)
+            found.append((f"the model {model!r} is over {per_model} tokens/min", bucket))
+        return found
+
+
+def _bucket(
+    buckets: dict[str, TokenBucket], key: str, rate_per_s: float, capacity: float, now: float
+) -> TokenBucket:
+    bucket = buckets.get(key)
+    if bucket is None:
+        bucket = buckets[key] = TokenBucket.full(rate_per_s, capacity, now)
+    else:
+        bucket.refill(now)
+    return bucket
+
+
+def _refusal(what: str, bucket: TokenBucket, amount: float) -> Refusal:
+    wait_s = bucket.wait_s(amount)
+    return Refusal(f"Rate limit exceeded: {what}.", max(1, math.ceil(wait_s)))
+
+
+def refuse(refusal: Refusal) -> RateLimitError:
+    return RateLimitError(
+        f"{refusal.message} Retry after {refusal.retry_after_s} s.",
+        retry_after_s=refusal.retry_after_s,
+    )
+
+
+class RateLimiter(Protocol):
+    """Admission before a request, its token count after."""
+
+    async def admit(self, user: str, model: str) -> None:
+        """Raise RateLimitError (429) if `user` must wait."""
+
+    async def record(self, user: str, model: str, tokens: int) -> None: ...
+
+
+class LocalRateLimiter:
+    """The limits of one process: the standalone gateway, where there is one replica."""
+
+    def __init__(self, limits: LimitsConfig):
+        self.book = LimitBook(limits)
+
+    async def admit(self, user: str, model: str) -> None:
+        refusal = self.book.admit(user, model, time.monotonic())
+        if refusal is not None:
+            raise refuse(refusal)
+
+    async def record(self, user: str, model: str, tokens: int) -> None:
+        self.book.record(user, model, tokens, time.monotonic())
+
+
+class NoRateLimiter:
+    """`limits: null` in the config."""
+
+    async def admit(self, user: str, model: str) -> None:
+        return None
+
+    async def record(self, user: str, model: str, tokens: int) -> None:
+        return None

@@ -1,0 +1,220 @@
+"""The gateway's store: API keys (hashed) and the usage ledger, in one SQLite file.
+
+SQLite is the embedded default (one file, no server): the CLI that makes
+keys and every ingress replica on the node open the same file, and WAL mode
+lets them read while one writes. Code uses the two small interfaces
+`KeyStore` and `UsageStore`, so a server database can replace this without
+touching the callers.
+
+API keys are random 256-bit strings, so one round of SHA-256 is enough to
+store them safely (no password-style stretching needed, and a lookup stays
+cheap); the key itself is never stored or logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal, Protocol
+
+from pydantic import BaseModel
+
+from serve_app.config import StoreConfig
+
+KEY_PREFIX = "first-"
+CredentialKind = Literal["api-key", "globus", "anonymous"]
+
+
+class ApiKey(BaseModel):
+    key_id: str
+    user: str
+    groups: list[str]
+    created_at: float
+    revoked_at: float | None = None
+
+
+class UsageRecord(BaseModel):
+    """One request, as the centre's allocation reports need it. Never a credential."""
+
+    time: float
+    request_id: str
+    user: str
+    credential: CredentialKind
+    route: str
+    model: str
+    site: str | None
+    status: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float
+    prompt: str | None = None
+    completion: str | None = None
+
+
+class StoreError(RuntimeError):
+    """A store operation that cannot be done; the message is for the user."""
+
+
+class KeyStore(Protocol):
+    def add_key(self, key: str, user: str, groups: list[str]) -> ApiKey: ...
+    def find_key(self, key: str) -> ApiKey | None: ...
+    def list_keys(self) -> list[ApiKey]: ...
+    def revoke_key(self, key_id: str) -> ApiKey: ...
+    def delete_key(self, key_id: str) -> None: ...
+
+
+class UsageStore(Protocol):
+    def append_usage(self, records: Iterable[UsageRecord]) -> None: ...
+    def usage(self, user: str | None = None) -> list[UsageRecord]: ...
+
+
+def new_api_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_credential(credential: str) -> str:
+    return hashlib.sha256(credential.encode()).hexdigest()
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    user TEXT NOT NULL,
+    groups TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS usage (
+    time REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    credential TEXT NOT NULL,
+    route TEXT NOT NULL,
+    model TEXT NOT NULL,
+    site TEXT,
+    status INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    latency_s REAL NOT NULL,
+    prompt TEXT,
+    completion TEXT
+);
+CREATE INDEX IF NOT EXISTS usage_user_time ON usage (user, time);
+"""
+_USAGE_FIELDS = tuple(UsageRecord.model_fields)
+_KEY_FIELDS = "key_id, user, groups, created_at, revoked_at"
+
+
+class SqliteStore:
+    """KeyStore and UsageStore on one SQLite file; safe across threads and processes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the store {path}: {exc}") from None
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # A connection per operation: lookups run on any worker thread, and
+        # opening one costs tens of microseconds next to a cache miss.
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    # -- keys ---------------------------------------------------------------
+
+    def add_key(self, key: str, user: str, groups: list[str]) -> ApiKey:
+        record = ApiKey(
+            key_id="k-" + secrets.token_hex(4), user=user, groups=groups, created_at=time.time()
+        )
+        try:
+            with self._connect() as db:
+                db.execute(
+                    "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
+                    (
+                        record.key_id,
+                        hash_credential(key),
+                        user,
+                        ",".join(groups),
+                        record.created_at,
+                    ),
+                )
+        except sqlite3.IntegrityError:
+            raise StoreError("that key is already registered") from None
+        return record
+
+    def find_key(self, key: str) -> ApiKey | None:
+        with self._connect() as db:
+            row = db.execute(
+                f"SELECT {_KEY_FIELDS} FROM api_keys WHERE key_hash = ?", (hash_credential(key),)
+            ).fetchone()
+        return _key(row) if row else None
+
+    def list_keys(self) -> list[ApiKey]:
+        with self._connect() as db:
+            rows = db.execute(f"SELECT {_KEY_FIELDS} FROM api_keys ORDER BY created_at").fetchall()
+        return [_key(row) for row in rows]
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        with self._connect() as db:
+            db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+                (time.time(), key_id),
+            )
+            row = db.execute(
+                f"SELECT {_KEY_FIELDS} FROM api_keys WHERE key_id = ?", (key_id,)
+            ).fetchone()
+        if row is None:
+            raise StoreError(f"no key with id {key_id!r} (see `first keys list`)")
+        return _key(row)
+
+    def delete_key(self, key_id: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM api_keys WHERE key_id = ?", (key_id,))
+
+    # -- usage --------------------------------------------------------------
+
+    def append_usage(self, records: Iterable[UsageRecord]) -> None:
+        rows = [tuple(getattr(r, f) for f in _USAGE_FIELDS) for r in records]
+        marks = ", ".join("?" * len(_USAGE_FIELDS))
+        with self._connect() as db:
+            db.executemany(f"INSERT INTO usage ({', '.join(_USAGE_FIELDS)}) VALUES ({marks})", rows)
+
+    def usage(self, user: str | None = None) -> list[UsageRecord]:
+        query = f"SELECT {', '.join(_USAGE_FIELDS)} FROM usage"
+        args: tuple = ()
+        if user is not None:
+            query, args = query + " WHERE user = ?", (user,)
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY time", args).fetchall()
+        return [UsageRecord(**dict(zip(_USAGE_FIELDS, row, strict=True))) for row in rows]
+
+
+def _key(row: tuple) -> ApiKey:
+    key_id, user, groups, created_at, revoked_at = row
+    return ApiKey(
+        key_id=key_id,
+        user=user,
+        groups=[g for g in groups.split(",") if g],
+        created_at=created_at,
+        revoked_at=revoked_at,
+    )
+
+
+def build_store(config: StoreConfig) -> SqliteStore:
+    """The store the config names (SQLite is the only kind so far)."""
+    return SqliteStore(config.path)
