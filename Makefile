@@ -20,7 +20,7 @@ LITELLM_VENV := .first/litellm-venv
 LITELLM_VERSION := 1.108.7
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
 
-.PHONY: install run test test-fast lint format bench bench-gateway clean
+.PHONY: install run test test-fast lint format bench bench-gateway bench-auth clean
 
 install: $(STAMP)
 
@@ -70,6 +70,9 @@ bench-gateway: install $(LITELLM_STAMP)
 	@command -v wrk >/dev/null || { echo "[make] installing wrk (the load tool)"; \
 		apt-get install -y -q wrk || sudo apt-get install -y -q wrk; }
 	$(BIN)/python -m bench.gateway_bench --out bench/results/gateway.json
+
+bench-auth: install
+	$(BIN)/python -m bench.auth_bench --out bench/results/auth.json
 
 clean:
 	rm -rf $(VENV) .first .pytest_cache

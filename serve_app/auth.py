@@ -129,7 +129,7 @@ class GlobusIntrospector:
                 retry_after_s=10,
             ) from None
         except globus_sdk.GlobusAPIError as exc:
-            if exc.http_status == 400 and exc.code in ("invalid_grant", "Error"):
+            if exc.http_status == 400:  # invalid_grant: Globus refused the user's token
                 raise AuthenticationError(f"The Globus token was refused. {SIGN_IN_HINT}") from None
             logger.error("Globus answered HTTP %s to the gateway (%s)", exc.http_status, exc.code)
             raise AuthUnavailableError(

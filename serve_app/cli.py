@@ -34,14 +34,19 @@ def _load_site(path: str, port: int | None = None) -> SiteConfig:
 def _usage_banner(
     headline: str, url: str, models: list[str], where: str = "", api_key: str | None = None
 ) -> str:
-    """What to run against the endpoint that just came up; `where` follows the model list."""
+    """What to run against the endpoint that just came up; `where` follows the model list.
+
+    `api_key` is a new key (shown this once) or KEY_FROM_ENVIRONMENT, which the
+    examples then name instead of printing its value into a log.
+    """
     model = models[0] if models else "MODEL"
-    key_line = (
-        f"API key: {api_key}   (to keep it for the next run: export FIRST_API_KEY={api_key})\n"
-        if api_key
-        else ""
-    )
-    auth = f" -H 'Authorization: Bearer {api_key}'" if api_key else ""
+    if api_key == KEY_FROM_ENVIRONMENT:
+        key_line = "API key: the one in $FIRST_API_KEY\n"
+    elif api_key:
+        key_line = f"API key: {api_key}   (shown once; to reuse it: export FIRST_API_KEY=<key>)\n"
+    else:
+        key_line = ""
+    auth = f' -H "Authorization: Bearer {api_key}"' if api_key else ""
     return f"""
 {headline} is serving an OpenAI-compatible API at {url}/v1
 Models: {", ".join(models)}{where}
@@ -229,6 +234,10 @@ def gateway_up(
         raise click.ClickException(str(exc)) from None
 
 
+# Shell syntax: the examples name the variable, so its value is never printed.
+KEY_FROM_ENVIRONMENT = "$FIRST_API_KEY"
+
+
 def _banner_key(config, user: str, given: str | None) -> str:
     """The key `--with-key` shows: $FIRST_API_KEY (registered if new) or a new one."""
     from serve_app.store import new_api_key
@@ -243,7 +252,7 @@ def _banner_key(config, user: str, given: str | None) -> str:
         if known is None:
             store.add_key(given, user, [])
             _echo(f"registered FIRST_API_KEY for {user}")
-        return given
+        return KEY_FROM_ENVIRONMENT
     key = new_api_key()
     record = store.add_key(key, user, [])
     _echo(f"made API key {record.key_id} for {user}")

@@ -364,6 +364,20 @@ class FederationConfig(StrictConfig):
                 object.__setattr__(site, "site", config)
         return self
 
+    @model_validator(mode="after")
+    def _policy_names_served_models(self) -> FederationConfig:
+        """A restricted model no site serves is a typo that would leave the real one open."""
+        if not all(isinstance(site.site, SiteConfig) for site in self.sites):
+            return self  # site files not loaded yet (load_federation checks again)
+        served = {m.id for site in self.sites for m in site.site_config.models}
+        for model in self.policy.models:
+            if model not in served:
+                raise ValueError(
+                    f"policy.models.{model}: no site serves this model; served: "
+                    f"{', '.join(sorted(served))}"
+                )
+        return self
+
     def site(self, name: str) -> FederatedSiteConfig:
         for site in self.sites:
             if site.name == name:

@@ -198,7 +198,8 @@ def stack(tiny_model_dir, tmp_path_factory, globus_auth) -> Iterator[RunningStac
         dashboard_port=free_port(), metrics_export_port=free_port(), temp_dir=str(ray_temp)
     )
     federation["sites"][0]["site"] = local_site_for_tests(tiny_model_dir)
-    federation["sites"][0]["channel"]["poll_interval_s"] = 0.5
+    # Every replica polls: two replicas at 1 s load the 2 cores as one did at 0.5 s.
+    federation["sites"][0]["channel"]["poll_interval_s"] = 1.0
     federation_path = workdir / "federation.yaml"
     federation_path.write_text(yaml.safe_dump(federation))
     # The colocated site as the gateway runs it, for `first site status` and direct calls.

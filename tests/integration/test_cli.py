@@ -27,6 +27,10 @@ def first(*args: str, timeout: float = 120, env: dict | None = None) -> subproce
         ["gateway", "up"],
         ["model"],
         ["model", "build-tiny"],
+        ["keys"],
+        ["keys", "create"],
+        ["keys", "list"],
+        ["keys", "revoke"],
     ],
 )
 def test_every_command_has_help(command):
@@ -172,3 +176,27 @@ def test_standalone_gateway_on_a_busy_port_fails_in_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert lines[-1] == f"Error: could not listen on 127.0.0.1:{port}: Address already in use"
     assert "Traceback" not in result.stderr
+
+
+def test_keys_are_made_listed_and_revoked_without_ever_showing_the_key(tmp_path):
+    path = tmp_path / "federation.yaml"
+    site = {"name": "s", "models": [{"id": "m", "engine": "simulated"}]}
+    store = tmp_path / "keys.db"
+    path.write_text(
+        yaml.safe_dump({"store": {"path": str(store)}, "sites": [{"name": "s", "site": site}]})
+    )
+    made = first("keys", "create", "--config", str(path), "--user", "ann", "--groups", "g1, g2")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert key.startswith("first-") and len(made.stdout.splitlines()) == 1
+    listing = first("keys", "list", "--config", str(path))
+    assert "ann" in listing.stdout and "g1,g2" in listing.stdout and "active" in listing.stdout
+    assert key not in listing.stdout + listing.stderr and key.encode() not in store.read_bytes()
+    key_id = listing.stdout.splitlines()[1].split()[0]
+    assert first("keys", "revoke", key_id, "--config", str(path)).returncode == 0
+    assert "revoked" in first("keys", "list", "--config", str(path)).stdout
+    missing = first("keys", "revoke", "k-nothere", "--config", str(path))
+    assert missing.returncode != 0
+    assert missing.stderr.strip().splitlines() == [
+        "Error: no key with id 'k-nothere' (see `first keys list`)"
+    ]

@@ -6,9 +6,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from deployments.config_loading import ConfigError
-from serve_app.config import COLOCATED_PREFIX, GlobusComputeChannelConfig, load_federation
+from serve_app.config import (
+    COLOCATED_PREFIX,
+    FederationConfig,
+    GlobusComputeChannelConfig,
+    load_federation,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 FEDERATION_FILES = sorted(
@@ -140,3 +146,14 @@ def test_a_bad_field_in_a_named_site_file_names_both_files(tmp_path):
     message = str(caught.value)
     assert message.startswith(f"{path}: sites[0].site: {tmp_path / 'east.yaml'}: ")
     assert "models[0].engine" in message
+
+
+def test_policy_restricting_a_model_no_site_serves_is_a_config_error():
+    site = {"name": "s", "models": [{"id": "m", "engine": "simulated"}]}
+    with pytest.raises(ValidationError, match=r"policy\.models\.mm: no site serves this model"):
+        FederationConfig.model_validate(
+            {
+                "sites": [{"name": "s", "site": site}],
+                "policy": {"models": {"mm": {"groups": ["g"]}}},
+            }
+        )
