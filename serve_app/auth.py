@@ -194,9 +194,9 @@ class Authenticator:
         return verdict.caller
 
     def _bearer(self, authorization: str | None) -> str | None:
+        if not self.config.required:
+            return None
         if not authorization:
-            if not self.config.required:
-                return None
             raise AuthenticationError(f"Missing credential. {SIGN_IN_HINT}")
         if len(authorization) > self.config.max_credential_bytes:
             raise AuthenticationError(

@@ -223,8 +223,8 @@ class AuthConfig(StrictConfig):
 
     required: bool = Field(
         True,
-        description="False lets callers without credentials in as 'anonymous' (closed networks "
-        "and tests only).",
+        description="False: no credential is checked and every caller is 'anonymous' (closed "
+        "networks and tests only).",
     )
     api_keys: bool = Field(True, description="Accept API keys made with `first keys create`.")
     globus: GlobusAuthConfig | None = Field(None, description="Accept Globus Auth tokens.")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -114,6 +115,18 @@ def make_key(federation_path: Path, user: str, groups: list[str]) -> str:
         timeout=60,
     )
     return result.stdout.strip()
+
+
+def records_of(store_path: Path, user: str, count: int, timeout_s: float = 10) -> list:
+    """The user's usage records once `count` have been written (they are written in batches)."""
+    from serve_app.store import SqliteStore
+
+    store = SqliteStore(store_path)
+    deadline = time.monotonic() + timeout_s
+    while len(records := store.usage(user)) < count:
+        assert time.monotonic() < deadline, f"{len(records)} of {count} records written"
+        time.sleep(0.2)
+    return records
 
 
 @pytest.fixture(scope="session")

@@ -3,34 +3,23 @@ no credential anywhere, nothing lost on a clean shutdown."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from pathlib import Path
 
 import openai
 import pytest
 
-from serve_app.store import SqliteStore, UsageRecord
+from serve_app.store import SqliteStore
 from tests.conftest import (
     INSIDERS,
     MEMBERS,
     SIMULATED_MODEL,
     VLLM_MODEL,
     globus_user,
+    records_of,
     start_standalone,
 )
 
 HELLO = [{"role": "user", "content": "Count to ten"}]
-
-
-def records_of(store_path: Path, user: str, count: int, timeout_s: float = 10) -> list[UsageRecord]:
-    """The user's records once `count` have been written (they are written in batches)."""
-    store = SqliteStore(store_path)
-    deadline = time.monotonic() + timeout_s
-    while len(records := store.usage(user)) < count:
-        assert time.monotonic() < deadline, f"{len(records)} of {count} records written"
-        time.sleep(0.2)
-    return records
 
 
 def usage_of_stream(stream) -> tuple[int, int, str]:
