@@ -45,7 +45,7 @@ class Meter:
         if self._finished:
             return
         self._finished = True
-        self.status = self.status or status
+        self.status = status
         if self.on_done is not None:
             self.on_done(self)
 

@@ -8,7 +8,7 @@ keys are issued by the centre itself, so only their groups count.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from serve_app.config import PolicyConfig
 from serve_app.errors import PermissionDeniedError
@@ -28,7 +28,6 @@ class Principal:
     identity_provider: str | None = None
     expires_at: float | None = None
     key_id: str | None = None
-    extra: dict = field(default_factory=dict, compare=False)
 
 
 ANONYMOUS = Principal(user="anonymous", credential="anonymous")

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from serve_app.config import LimitsConfig
+from serve_app.config import LimitsConfig, UserLimitsConfig
 from serve_app.errors import RateLimitError
 
 
@@ -59,13 +59,14 @@ class LimitBook:
 
     def __init__(self, limits: LimitsConfig):
         self.limits = limits
+        self._user_limits: dict[str, UserLimitsConfig] = {}
         self._requests: dict[str, TokenBucket] = {}
         self._user_tokens: dict[str, TokenBucket] = {}
         self._model_tokens: dict[str, TokenBucket] = {}
 
     def admit(self, user: str, model: str, now: float) -> Refusal | None:
         """Take one request for `user` on `model`, or say why not."""
-        mine = self.limits.for_user(user)
+        mine = self._limits_of(user)
         if mine.requests_per_s is not None:
             burst = self.limits.burst or max(mine.requests_per_s, 1.0)
             bucket = _bucket(self._requests, user, mine.requests_per_s, burst, now)
@@ -84,9 +85,16 @@ class LimitBook:
         for _, bucket in self._token_buckets(user, model, now):
             bucket.level -= tokens
 
+    def _limits_of(self, user: str) -> UserLimitsConfig:
+        """The user's effective limits, worked out once: every request asks."""
+        mine = self._user_limits.get(user)
+        if mine is None:
+            mine = self._user_limits[user] = self.limits.for_user(user)
+        return mine
+
     def _token_buckets(self, user: str, model: str, now: float) -> list[tuple[str, TokenBucket]]:
         found = []
-        per_user = self.limits.for_user(user).tokens_per_min
+        per_user = self._limits_of(user).tokens_per_min
         if per_user is not None:
             bucket = _bucket(self._user_tokens, user, per_user / 60, per_user, now)
             found.append((f"{user} is over {per_user} tokens/min", bucket))
