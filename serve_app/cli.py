@@ -187,6 +187,7 @@ def gateway_up(
         bring_up_on_serve,
         gateway_url,
         serve_standalone,
+        verify_access,
         verify_channels,
     )
     from serve_app.settings import Settings
@@ -212,6 +213,7 @@ def gateway_up(
     started = time.monotonic()
     try:
         verify_channels(config, settings, _echo)
+        verify_access(config, settings)
         if standalone:
             _echo(f"serving standalone on {url}")
             serve_standalone(config, announce)

@@ -28,9 +28,11 @@ from deployments.site_runner import (
     wait_until_answering,
     warm_models,
 )
+from serve_app.auth import AuthConfigError, build_authenticator
 from serve_app.config import FederationConfig
 from serve_app.control_channel import ChannelError, build_channels
-from serve_app.settings import Settings
+from serve_app.policy import Policy
+from serve_app.settings import SecretsError, Settings
 from serve_app.store import StoreError, build_store, new_api_key
 
 # The user of the short-lived key that start-up checks sign their requests with.
@@ -63,6 +65,20 @@ def verify_channels(config: FederationConfig, settings: Settings, progress: Prog
     finally:
         for channel in channels.values():
             channel.close()
+
+
+def verify_access(config: FederationConfig, settings: Settings) -> None:
+    """Open the store and build the authenticator once, before anything starts.
+
+    Every replica builds them again in its lifespan; a missing Globus secret or
+    an unwritable store found there would be a replica failing over and over.
+    Building them makes no network call.
+    """
+    try:
+        store = build_store(config.store)
+        build_authenticator(config.auth, Policy(config.policy), store, settings)
+    except (StoreError, AuthConfigError, SecretsError) as exc:
+        raise GatewayStartError(str(exc)) from None
 
 
 def bring_up_on_serve(config: FederationConfig, timeout_s: float, progress: Progress) -> None:

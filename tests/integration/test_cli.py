@@ -93,6 +93,25 @@ def test_globus_site_without_credentials_fails_in_one_line_before_ray_starts(tmp
     assert "FIRST_GLOBUS_CLIENT_ID" in lines[0]
 
 
+@pytest.mark.parametrize("standalone", [False, True], ids=["serve", "standalone"])
+def test_globus_auth_without_credentials_fails_in_one_line_before_ray_starts(tmp_path, standalone):
+    path = tmp_path / "federation.yaml"
+    site = {"name": "s", "models": [{"id": "m", "engine": "simulated"}]}
+    federation = {
+        "gateway": {"port": free_port()},
+        "auth": {"globus": {"scope": "https://auth.globus.org/scopes/x/all"}},
+        "store": {"path": str(tmp_path / "first.db")},
+        "sites": [{"name": "s", "site": site, "base_url": "http://127.0.0.1:9"}],
+    }
+    path.write_text(yaml.safe_dump(federation))
+    args = ["gateway", "up", "--config", str(path), *(["--standalone"] if standalone else [])]
+    result = first(*args, env=_environment(), timeout=60)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: auth.globus needs the gateway's Globus client"), lines
+    assert "starting Ray" not in result.stderr
+
+
 def test_globus_site_with_bad_credentials_fails_at_start_in_one_line(tmp_path):
     from tests.fakes.globus_auth import running_fake_globus_auth
 
