@@ -203,7 +203,7 @@ def gateway_up(
     url = gateway_url(config)
     models = sorted({m.id for s in config.sites for m in s.site_config.models})
     settings = Settings.from_environment()
-    api_key = _banner_key(config, key_user, settings.api_key) if key_user else None
+    api_key: str | None = None
 
     def announce() -> None:
         where = f"   (sites and their state: {url}/health, {url}/v1/models)"
@@ -214,6 +214,9 @@ def gateway_up(
     try:
         verify_channels(config, settings, _echo)
         verify_access(config, settings)
+        # Only once the checks pass: a key made for a gateway that never starts is never shown.
+        if key_user:
+            api_key = _banner_key(config, key_user, settings.api_key)
         if standalone:
             _echo(f"serving standalone on {url}")
             serve_standalone(config, announce)
