@@ -193,3 +193,6 @@ def test_revoked_key_is_refused_within_the_key_cache_time(stack):
             check=True,
         ).stdout
     )
+
+
+pytestmark = pytest.mark.slow

@@ -81,3 +81,6 @@ def test_globus_auth_down_cached_tokens_work_and_new_ones_get_503(
     finally:
         globus_auth.start()
     assert whoami(standalone_gateway, new).status_code == 200
+
+
+pytestmark = pytest.mark.slow
