@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 # Site responses that carry the site's own headers worth passing on.
 PASSED_HEADERS = ("content-type", "retry-after")
+# The last event of an OpenAI stream.
+STREAM_END = b"data: [DONE]"
 # Which site answered: for users chasing a slow answer, and for the routing tests.
 SITE_HEADER = "x-first-site"
 
@@ -179,10 +181,15 @@ class Forwarder:
         deadline = time.monotonic() + state.config.timeouts.total_s
         model = meter.model
         finished = False
-        status = 499  # unless it ends, or the site breaks it off
+        status = 499  # unless the client gets it all, or the site breaks it off
         try:
             async for chunk in response.content.iter_any():
                 yield chunk
+                if STREAM_END in chunk:
+                    # The client has the whole answer (the next chunk was asked for, so
+                    # this one was sent); one that hangs up now, as the OpenAI SDK does,
+                    # has not left early.
+                    status = response.status
                 if time.monotonic() > deadline:
                     raise TimeoutError("the stream ran past its total time limit")
             finished = True
