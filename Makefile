@@ -20,7 +20,7 @@ LITELLM_VENV := .first/litellm-venv
 LITELLM_VERSION := 1.108.7
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
 
-.PHONY: install run test test-fast lint format bench bench-gateway bench-auth clean
+.PHONY: install dev-slurm run run-slurm test test-fast lint format bench bench-gateway bench-auth bench-cold-start clean
 
 install: $(STAMP)
 
@@ -40,10 +40,18 @@ $(STAMP): pyproject.toml Makefile
 $(TINY_MODEL)/config.json: | $(STAMP)
 	$(BIN)/first model build-tiny --out $(TINY_MODEL)
 
+# A single-node Slurm with munge (apt packages), for the Slurm tests and run-slurm.
+dev-slurm:
+	scripts/dev-slurm.sh install
+
 run: install $(TINY_MODEL)/config.json
 	$(BIN)/first gateway up --config $(FEDERATION_CONFIG) --with-key "$${USER:-local}"
 
-test: install
+# The same stack with the local site's models in jobs of a development Slurm.
+run-slurm: install dev-slurm $(TINY_MODEL)/config.json
+	scripts/run-slurm.sh
+
+test: install dev-slurm
 	$(BIN)/pytest
 
 test-fast: install
@@ -73,6 +81,9 @@ bench-gateway: install $(LITELLM_STAMP)
 
 bench-auth: install
 	$(BIN)/python -m bench.auth_bench --out bench/results/auth.json
+
+bench-cold-start: install dev-slurm $(TINY_MODEL)/config.json
+	$(BIN)/python -m bench.cold_start_bench --out bench/results/cold_start.json
 
 clean:
 	rm -rf $(VENV) .first .pytest_cache

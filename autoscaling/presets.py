@@ -56,6 +56,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Slurm allocations the hot-node keeper never goes below, per preset: a hot
+# model always has a running job, the others start on their first request.
+MIN_ALLOCATIONS: dict[str, int] = {"hot": 1, "warm": 0, "cold": 0}
+
 SERVE_AUTOSCALING_FIELDS = frozenset(AutoscalingConfig.model_fields) - {"policy"}
 
 

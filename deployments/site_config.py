@@ -7,11 +7,12 @@ One YAML file per site in `cluster_configs/`. It is loaded once at the edge
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from autoscaling import resolve_autoscaling
+from autoscaling import MIN_ALLOCATIONS, resolve_autoscaling
 from deployments.config_loading import StrictConfig, describe_validation_errors, require_unique
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
@@ -84,6 +85,113 @@ class AutoscalingChoice(StrictConfig):
             raise ValueError(describe_validation_errors(exc)) from None
 
 
+# Slurm's --time formats: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+SLURM_TIME_PATTERN = r"^(\d+-\d+(:\d{1,2}){0,2}|\d+(:\d{1,2}){0,2})$"
+
+
+class SlurmJobConfig(StrictConfig):
+    """What one allocation for a model asks Slurm for: one Ray cluster across its nodes."""
+
+    partition: str | None = Field(None, description="Partition (sbatch --partition).")
+    account: str | None = Field(None, description="Account charged (sbatch --account).")
+    qos: str | None = Field(None, description="Quality of service (sbatch --qos).")
+    nodes: int = Field(1, ge=1, description="Nodes per allocation: Ray head on the first.")
+    cpus_per_node: int = Field(1, ge=1, description="CPUs per node (one task per node).")
+    gpus_per_node: int = Field(0, ge=0, description="GPUs per node (sbatch --gpus-per-node).")
+    mem: str | None = Field(
+        None, pattern=r"^\d+[KMGT]?$", description="Memory per node (sbatch --mem), e.g. 64G."
+    )
+    time_limit: str = Field(
+        "01:00:00",
+        pattern=SLURM_TIME_PATTERN,
+        description="Wall time (sbatch --time): MM, HH:MM:SS or D-HH:MM:SS.",
+    )
+    extra_sbatch: list[str] = Field(
+        default_factory=list,
+        description="More sbatch options, one per line, e.g. --constraint=a100 or --exclusive.",
+    )
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _options(cls, lines: list[str]) -> list[str]:
+        for index, line in enumerate(lines):
+            if not line.startswith("-") or "\n" in line:
+                raise ValueError(f"[{index}]: an sbatch option such as --exclusive, got {line!r}")
+        return lines
+
+
+class SlurmConfig(SlurmJobConfig):
+    """The site's models run inside Slurm jobs: one Ray cluster per allocation, per model.
+
+    A real site changes this section, not code. The job fields are the
+    defaults for every model; a model's own `slurm` mapping overrides them.
+    """
+
+    setup: list[str] = Field(
+        default_factory=list,
+        description="Shell lines run at the top of the job before Ray starts: module loads, "
+        "environment activation, container set-up.",
+    )
+    python: str | None = Field(
+        None,
+        description="Python with first-serve installed, as the compute nodes see it "
+        "(default: the one running the site function).",
+    )
+    state_dir: Path = Field(
+        Path(".first/slurm"),
+        validate_default=True,
+        description="Folder on a filesystem shared by login and compute nodes: batch scripts, "
+        "job logs, and the events each job publishes (its endpoint, once ready).",
+    )
+    ray_cpus_per_node: int | None = Field(
+        None,
+        ge=1,
+        description="Logical CPUs each node's Ray advertises (default: the CPUs Slurm "
+        "allocated). Bookkeeping only: small CPU allocations need more, as every Serve "
+        "replica takes one.",
+    )
+    serve_host: str = Field(
+        "0.0.0.0",
+        description="Bind address of each job's Serve HTTP proxy; 0.0.0.0 publishes the head "
+        "node's address.",
+    )
+    handover_s: float = Field(
+        600.0,
+        gt=0,
+        description="A job with less wall time left than this is replaced by the keeper, and "
+        "gets new requests only while no job with more time is ready.",
+    )
+    start_timeout_s: float = Field(
+        1800.0, gt=0, description="A job whose model does not answer by then gives up."
+    )
+    template: Path | None = Field(
+        None,
+        description="Batch script template (default cluster_configs/slurm/ray-site.sbatch.j2).",
+    )
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        # The jobs and the gateway's replicas do not share the CLI's working directory.
+        return path.expanduser().absolute()
+
+    def job_for(self, overrides: dict[str, Any]) -> SlurmJobConfig:
+        """The site's job fields with a model's overrides on top."""
+        fields = self.model_dump(include=set(SlurmJobConfig.model_fields))
+        return SlurmJobConfig.model_validate({**fields, **overrides})
+
+
+class AllocationsConfig(StrictConfig):
+    """How many Slurm allocations of a model the hot-node keeper keeps."""
+
+    min: int | None = Field(
+        None,
+        ge=0,
+        description="Never fewer (default from the autoscaling preset: 1 for hot, else 0).",
+    )
+    max: int = Field(1, ge=1, description="Never more, however long the queue.")
+
+
 class ModelConfig(StrictConfig):
     """One model a site serves: one Serve deployment, autoscaled on its own."""
 
@@ -112,6 +220,12 @@ class ModelConfig(StrictConfig):
         description="How long ray.serve.llm gathers streamed tokens before sending them "
         "(Ray's default is 50 ms; 0 sends every token at once).",
     )
+    slurm: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Slurm job fields for this model (nodes, gpus_per_node, time_limit, ...) "
+        "over the site's `slurm` section.",
+    )
+    allocations: AllocationsConfig = Field(default_factory=AllocationsConfig)
 
     @model_validator(mode="after")
     def _engine_specific(self) -> ModelConfig:
@@ -129,6 +243,12 @@ class ModelConfig(StrictConfig):
 
     def simulated_engine(self) -> SimulatedEngineConfig:
         return SimulatedEngineConfig.model_validate(self.engine_kwargs)
+
+    @property
+    def min_allocations(self) -> int:
+        if self.allocations.min is not None:
+            return self.allocations.min
+        return MIN_ALLOCATIONS.get(self.autoscaling.preset or "", 0)
 
 
 class RayClusterConfig(StrictConfig):
@@ -178,11 +298,34 @@ class SiteConfig(StrictConfig):
     ray: RayClusterConfig = Field(default_factory=RayClusterConfig)
     serve: ServeHttpConfig = Field(default_factory=ServeHttpConfig)
     models: list[ModelConfig] = Field(min_length=1, description="The models this site serves.")
+    slurm: SlurmConfig | None = Field(
+        None,
+        description="Run each model in Slurm jobs, started on demand, instead of on one "
+        "standing Ray cluster.",
+    )
 
     @field_validator("models")
     @classmethod
     def _unique_ids(cls, models: list[ModelConfig]) -> list[ModelConfig]:
         return require_unique(models, "id", "model id")
+
+    @model_validator(mode="after")
+    def _slurm_overrides(self) -> SiteConfig:
+        for index, model in enumerate(self.models):
+            if model.slurm and self.slurm is None:
+                raise ValueError(f"models[{index}].slurm: the site has no `slurm` section")
+            if model.slurm:
+                try:
+                    self.slurm.job_for(model.slurm)
+                except ValidationError as exc:
+                    detail = describe_validation_errors(exc)
+                    raise ValueError(f"models[{index}].slurm.{detail}") from None
+            if model.min_allocations > model.allocations.max:
+                raise ValueError(
+                    f"models[{index}].allocations: min ({model.min_allocations}) is above "
+                    f"max ({model.allocations.max})"
+                )
+        return self
 
     def model(self, model_id: str) -> ModelConfig:
         for model in self.models:

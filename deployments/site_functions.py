@@ -2,7 +2,14 @@
 
 They must run unchanged in-process (local channel) and on a site's login node
 through Globus Compute, so they take and return JSON-able dicts, import what
-they need inside, and reach the site only over HTTP.
+they need inside, and reach the site only over HTTP and Slurm's commands.
+
+- `site_status`: per model, replicas, requests and readiness; on a Slurm
+  site also the model's jobs (queued with Slurm's reason, starting, running
+  with node list and time left, or failed with the tail of the log).
+- `launch`: make sure a model has a Slurm job (idempotent: no second job for
+  a model already queued or running, unless `at_least` asks for more).
+- `stop`: cancel a model's Slurm jobs, or one of them.
 """
 
 from __future__ import annotations
@@ -11,54 +18,61 @@ from typing import Any
 
 
 def site_status(site: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
-    """Per-model replicas, ongoing and queued requests, and readiness of one site.
+    """The site's status report (deployments.site_status.SiteStatus) as a dict.
 
-    `site` is a SiteConfig as a dict. Never raises for an unreachable site:
-    the answer says `reachable: false` and why, so a poller can mark it down.
+    Never raises for an unreachable site: the answer says `reachable: false`
+    and why, so a poller can mark it down.
     """
     import time
 
     import httpx
 
-    from deployments.site_config import SiteConfig, deployment_name
-    from deployments.site_status import (
-        ModelStatus,
-        SiteStatus,
-        alive_node_metrics_addresses,
-        model_state,
-        parse_serve_applications,
-        parse_serve_load,
-        tls_context,
-    )
+    from deployments.site_config import SiteConfig
+    from deployments.site_status import SiteStatus, tls_context
 
     config = SiteConfig.model_validate(site)
-    host = config.ray.address.rsplit(":", 1)[0] if config.ray.address else "127.0.0.1"
-    dashboard = f"http://{host}:{config.ray.dashboard_port}"
     status = SiteStatus(
         site=config.name, reachable=False, collected_at=time.time(), base_url=config.base_url
     )
     try:
         with httpx.Client(timeout=timeout_s, verify=tls_context()) as client:
-            applications = (
-                client.get(f"{dashboard}/api/serve/applications/").raise_for_status().json()
-            )
-            nodes = (
-                client.get(f"{dashboard}/nodes", params={"view": "summary"})
-                .raise_for_status()
-                .json()
-            )
-            metrics = [
-                client.get(f"http://{address}/metrics").raise_for_status().text
-                for address in alive_node_metrics_addresses(nodes)
-            ]
-    except (httpx.HTTPError, ValueError) as exc:
+            if config.slurm is None:
+                _standing_site_status(client, config, status)
+            else:
+                _slurm_site_status(client, config, status)
+    except Exception as exc:  # unreachable dashboard, Slurm down: a report, not a crash
         status.error = f"{type(exc).__name__}: {exc}"
+        status.models = []
         return status.model_dump()
-
-    app_status, replicas = parse_serve_applications(applications, config.serve.app_name)
-    load = parse_serve_load(metrics, config.serve.app_name)
     status.reachable = True
-    status.app_status = app_status
+    return status.model_dump()
+
+
+def _read_serve(client, dashboard: str, app_name: str) -> tuple[str | None, dict, dict]:
+    """Application status, replica counts and (ongoing, queued) per deployment of a Ray cluster."""
+    from deployments.site_status import (
+        alive_node_metrics_addresses,
+        parse_serve_applications,
+        parse_serve_load,
+    )
+
+    applications = client.get(f"{dashboard}/api/serve/applications/").raise_for_status().json()
+    nodes = client.get(f"{dashboard}/nodes", params={"view": "summary"}).raise_for_status().json()
+    metrics = [
+        client.get(f"http://{address}/metrics").raise_for_status().text
+        for address in alive_node_metrics_addresses(nodes)
+    ]
+    app_status, replicas = parse_serve_applications(applications, app_name)
+    return app_status, replicas, parse_serve_load(metrics, app_name)
+
+
+def _standing_site_status(client, config, status) -> None:
+    from deployments.site_config import deployment_name
+    from deployments.site_status import ModelStatus, model_state
+
+    host = config.ray.address.rsplit(":", 1)[0] if config.ray.address else "127.0.0.1"
+    dashboard = f"http://{host}:{config.ray.dashboard_port}"
+    status.app_status, replicas, load = _read_serve(client, dashboard, config.serve.app_name)
     for model in config.models:
         name = deployment_name(model.id)
         counts = replicas.get(name)
@@ -76,4 +90,66 @@ def site_status(site: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
                 queued_requests=queued,
             )
         )
-    return status.model_dump()
+
+
+def _slurm_site_status(client, config, status) -> None:
+    """Each model's jobs from Slurm, and the replicas and load of its ready jobs' clusters."""
+    import httpx
+
+    from deployments.site_config import deployment_name
+    from deployments.site_status import ModelStatus, slurm_model_state
+    from deployments.slurm import SiteJobs
+
+    jobs = SiteJobs(config).jobs()
+    for model in config.models:
+        mine = [job for job in jobs if job.model == model.id]
+        entry = ModelStatus(
+            id=model.id, engine=model.engine, state="stopped", ready=False, jobs=mine
+        )
+        for job in mine:
+            if job.state != "running" or not job.dashboard_url:
+                continue
+            try:
+                _, replicas, load = _read_serve(client, job.dashboard_url, config.serve.app_name)
+            except (httpx.HTTPError, ValueError):
+                continue  # the job is going away; the next report will say so
+            counts = replicas.get(deployment_name(model.id))
+            if counts is None:
+                continue
+            ongoing, queued = load.get(deployment_name(model.id), (0.0, 0.0))
+            entry.replicas_running += counts.running
+            entry.replicas_starting += counts.starting
+            entry.replicas_target += counts.target
+            entry.ongoing_requests += ongoing
+            entry.queued_requests += queued
+        entry.ready = entry.replicas_running > 0
+        entry.state = slurm_model_state(mine, entry.ready)
+        status.models.append(entry)
+
+
+def launch(site: dict[str, Any], model: str, at_least: int = 1) -> dict[str, Any]:
+    """Submit a job for `model` unless `at_least` of its jobs are queued or running already.
+
+    Returns {"submitted": bool, "jobs": [JobStatus, ...]} (the model's active
+    jobs). Raises SlurmError (Slurm's message) or KeyError (unknown model).
+    """
+    from deployments.site_config import SiteConfig
+    from deployments.slurm import SiteJobs
+
+    submitted, jobs = SiteJobs(SiteConfig.model_validate(site)).launch(model, at_least)
+    return {"submitted": submitted, "jobs": [job.model_dump() for job in jobs]}
+
+
+def stop(site: dict[str, Any], model: str, job_id: str | None = None) -> dict[str, Any]:
+    """Cancel the model's queued and running jobs (or only `job_id`); {"cancelled": [ids]}."""
+    from deployments.site_config import SiteConfig
+    from deployments.site_status import ACTIVE_JOB_STATES
+    from deployments.slurm import SiteJobs
+
+    jobs = SiteJobs(SiteConfig.model_validate(site))
+    active = [j.job_id for j in jobs.jobs(model) if j.state in ACTIVE_JOB_STATES]
+    chosen = [j for j in active if job_id is None or j == job_id]
+    if job_id is not None and not chosen:
+        raise KeyError(f"job {job_id} is not a queued or running job of {model}")
+    jobs.cancel(chosen)
+    return {"cancelled": chosen}

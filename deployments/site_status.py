@@ -17,12 +17,50 @@ from typing import Literal
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field
 
-ModelState = Literal["running", "starting", "scaled_to_zero", "unhealthy", "not_deployed"]
+ModelState = Literal[
+    "running",  # at least one replica answers
+    "starting",  # replicas (or a Slurm job's Ray cluster) starting
+    "queued",  # a Slurm job waits in the queue
+    "stopped",  # no Slurm job: the next request starts one
+    "failed",  # the last Slurm jobs died while starting
+    "scaled_to_zero",
+    "unhealthy",
+    "not_deployed",
+]
+# What became of one Slurm job of a model.
+JobState = Literal["queued", "starting", "running", "ended", "cancelled", "failed"]
+ACTIVE_JOB_STATES = ("queued", "starting", "running")
 
 STARTING_REPLICA_STATES = frozenset({"STARTING", "UPDATING", "RECOVERING"})
 # Serve gauges: requests inside a replica, and requests waiting at a handle.
 ONGOING_METRIC = "ray_serve_replica_processing_queries"
 QUEUED_METRIC = "ray_serve_deployment_queued_queries"
+
+
+class JobStatus(BaseModel):
+    """One Slurm job of a model: a Ray cluster in an allocation, and how far it got."""
+
+    job_id: str
+    model: str
+    state: JobState
+    slurm_state: str | None = Field(None, description="Slurm's own state, while it knows the job.")
+    reason: str | None = Field(None, description="Why it waits (Slurm's reason), or why it failed.")
+    nodes: str | None = Field(None, description="Slurm's node list.")
+    time_left_s: float | None = Field(None, description="Wall time left; None when unlimited.")
+    base_url: str | None = Field(None, description="The job's OpenAI endpoint, once ready.")
+    dashboard_url: str | None = None
+    submitted_at: float | None = None
+    started_at: float | None = Field(None, description="The batch script began (queue wait ends).")
+    ray_up_at: float | None = Field(None, description="Every node joined the Ray cluster.")
+    ready_at: float | None = Field(None, description="The model answered a completion.")
+    log_tail: str | None = Field(None, description="Last lines of the job's log (failed jobs).")
+
+    @property
+    def start_s(self) -> float | None:
+        """Submission to ready: what a cold start took."""
+        if self.ready_at is None or self.submitted_at is None:
+            return None
+        return self.ready_at - self.submitted_at
 
 
 class ModelStatus(BaseModel):
@@ -35,6 +73,19 @@ class ModelStatus(BaseModel):
     replicas_target: int = 0
     ongoing_requests: float = Field(0, description="Requests inside the model's replicas.")
     queued_requests: float = Field(0, description="Requests waiting in Serve for a replica.")
+    jobs: list[JobStatus] = Field(
+        default_factory=list, description="Slurm jobs of the model (Slurm sites only)."
+    )
+
+    def failed_starts(self) -> list[JobStatus]:
+        """The model's most recent finished jobs that all died while starting, oldest first."""
+        finished = [j for j in self.jobs if j.state in ("ended", "cancelled", "failed")]
+        failed: list[JobStatus] = []
+        for job in sorted(finished, key=lambda j: int(j.job_id), reverse=True):
+            if job.state != "failed":
+                break
+            failed.insert(0, job)
+        return failed
 
 
 class SiteStatus(BaseModel):
@@ -114,6 +165,21 @@ def model_state(counts: ReplicaCounts | None) -> ModelState:
     if counts.starting or counts.target:
         return "starting"
     return "scaled_to_zero" if counts.healthy else "unhealthy"
+
+
+def slurm_model_state(jobs: list[JobStatus], ready: bool) -> ModelState:
+    """A Slurm model's state from its jobs: the most advanced active job wins."""
+    states = {job.state for job in jobs}
+    if ready:
+        return "running"
+    if states & {"running", "starting"}:
+        return "starting"
+    if "queued" in states:
+        return "queued"
+    finished = [job for job in jobs if job.state in ("ended", "cancelled", "failed")]
+    if finished and finished[-1].state == "failed":
+        return "failed"
+    return "stopped"
 
 
 def alive_node_metrics_addresses(nodes_payload: dict) -> list[str]:

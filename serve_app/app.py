@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from autoscaling.keeper import Keeper
 from serve_app.auth import build_authenticator
 from serve_app.config import FederationConfig
 from serve_app.control_channel import build_channels
@@ -60,9 +61,17 @@ def build_app(
         )
         await gateway.start()
         app.state.gateway = gateway
+        # On Serve every replica runs this lifespan: there the keeper is one
+        # deployment of its own (serve_app/ingress.py), not one per replica.
+        keeper = None
+        if config.keeper.in_gateway and not on_serve and config.slurm_sites:
+            keeper = Keeper(config, build_channels(config, environment))
+            keeper.start()
         try:
             yield
         finally:
+            if keeper is not None:
+                await keeper.stop()
             await gateway.stop()
 
     app = FastAPI(title="FIRST gateway", description=DESCRIPTION, lifespan=lifespan)

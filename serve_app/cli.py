@@ -102,6 +102,11 @@ def site_up(config_path: str, port: int | None, timeout_s: float) -> None:
     from deployments.site_runner import SiteStartError, bring_up, shut_down
 
     site_config = _load_site(config_path, port)
+    if site_config.slurm is not None:
+        raise click.ClickException(
+            f"{config_path}: this site's models run in Slurm jobs; start one with "
+            "`first slurm launch`, or let the gateway start them on demand"
+        )
     _stop_on_signals()
     started = time.monotonic()
     try:
@@ -140,6 +145,117 @@ def site_status_command(config_path: str) -> None:
     click.echo(json.dumps(status, indent=2))
     if not status["reachable"]:
         raise click.ClickException(f"site {site_config.name!r} is not reachable: {status['error']}")
+
+
+@main.group()
+def slurm() -> None:
+    """Start, stop and inspect a Slurm site's model jobs (each a Ray cluster in an allocation)."""
+
+
+_SITE_OPTION = click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Site YAML file with a `slurm` section.",
+)
+
+
+def _slurm_site(config_path: str, model_id: str | None) -> SiteConfig:
+    site_config = _load_site(config_path)
+    if site_config.slurm is None:
+        raise click.ClickException(f"{config_path}: the site has no `slurm` section")
+    known = [m.id for m in site_config.models]
+    if model_id is not None and model_id not in known:
+        raise click.ClickException(
+            f"the site {site_config.name!r} has no model {model_id!r}; models: {', '.join(known)}"
+        )
+    return site_config
+
+
+@slurm.command("launch")
+@_SITE_OPTION
+@click.argument("model_id", metavar="MODEL")
+@click.option(
+    "--at-least",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Jobs of the model to have queued or running; one more is submitted if fewer.",
+)
+def slurm_launch(config_path: str, model_id: str, at_least: int) -> None:
+    """Submit a job serving MODEL, unless one is already queued or running."""
+    from deployments.site_functions import launch
+    from deployments.slurm import SlurmError
+
+    site_config = _slurm_site(config_path, model_id)
+    try:
+        result = launch(site_config.model_dump(), model_id, at_least)
+    except SlurmError as exc:
+        raise click.ClickException(str(exc)) from None
+    ids = ", ".join(job["job_id"] for job in result["jobs"])
+    if result["submitted"]:
+        _echo(f"submitted job {result['jobs'][-1]['job_id']} for {model_id} (active: {ids})")
+    else:
+        _echo(f"{model_id} already has job(s) {ids}: nothing submitted")
+    click.echo(result["jobs"][-1]["job_id"])
+
+
+@slurm.command("stop")
+@_SITE_OPTION
+@click.argument("model_id", metavar="MODEL")
+@click.option("--job", "job_id", default=None, help="Cancel only this job of the model.")
+def slurm_stop(config_path: str, model_id: str, job_id: str | None) -> None:
+    """Cancel MODEL's queued and running jobs (or one of them)."""
+    from deployments.site_functions import stop
+    from deployments.slurm import SlurmError
+
+    site_config = _slurm_site(config_path, model_id)
+    try:
+        result = stop(site_config.model_dump(), model_id, job_id)
+    except (SlurmError, KeyError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from None
+    cancelled = ", ".join(result["cancelled"]) or "none (no job queued or running)"
+    _echo(f"cancelled {model_id} job(s): {cancelled}")
+
+
+@slurm.command("status")
+@_SITE_OPTION
+@click.argument("model_id", metavar="[MODEL]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the site's status report as JSON.")
+def slurm_status(config_path: str, model_id: str | None, as_json: bool) -> None:
+    """Show each model's state and jobs: queued (and why), running (nodes, time left), failed."""
+    from deployments.site_functions import site_status
+
+    site_config = _slurm_site(config_path, model_id)
+    status = site_status(site_config.model_dump())
+    if not status["reachable"]:
+        raise click.ClickException(f"site {site_config.name!r}: {status['error']}")
+    models = [m for m in status["models"] if model_id in (None, m["id"])]
+    if as_json:
+        click.echo(json.dumps({**status, "models": models}, indent=2))
+        return
+    click.echo(
+        f"{'MODEL':<20} {'STATE':<9} {'JOB':<8} {'JOB STATE':<10} {'NODES':<12} {'LEFT':>9}  WHERE / WHY"
+    )
+    for entry in models:
+        jobs = entry["jobs"] or [None]
+        for job in jobs:
+            click.echo(_job_row(entry, job))
+            if job and job.get("log_tail"):
+                click.echo("    " + job["log_tail"].replace("\n", "\n    "))
+
+
+def _job_row(entry: dict, job: dict | None) -> str:
+    if job is None:
+        return f"{entry['id']:<20} {entry['state']:<9} -"
+    left = job["time_left_s"]
+    left_text = "-" if left is None else time.strftime("%H:%M:%S", time.gmtime(left))
+    where = job["base_url"] or job["reason"] or ""
+    return (
+        f"{entry['id']:<20} {entry['state']:<9} {job['job_id']:<8} {job['state']:<10} "
+        f"{job['nodes'] or '-':<12} {left_text:>9}  {where}"
+    )
 
 
 @main.group()
@@ -186,6 +302,7 @@ def gateway_up(
         GatewayStartError,
         bring_up_on_serve,
         gateway_url,
+        serve_app_names,
         serve_standalone,
         verify_access,
         verify_channels,
@@ -233,8 +350,7 @@ def gateway_up(
             pass
         finally:
             _echo("shutting down")
-            apps = [s.serve.app_name for s in config.colocated_sites] + [config.gateway.app_name]
-            shut_down(config.gateway.ray, apps)
+            shut_down(config.gateway.ray, serve_app_names(config))
     except GatewayStartError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -284,7 +400,7 @@ _FEDERATION_OPTION = click.option(
     default="cluster_configs/local-federation.yaml",
     show_default=True,
     type=click.Path(dir_okay=False),
-    help="Federation YAML file whose store holds the keys.",
+    help="Federation YAML file (its store holds the API keys).",
 )
 
 
@@ -349,6 +465,47 @@ def keys_revoke(config_path: str, key_id: str) -> None:
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     _echo(f"key {key.key_id} of {key.user} is revoked")
+
+
+@main.group()
+def keeper() -> None:
+    """The hot-node keeper: keeps Slurm sites' hot models allocated, grows and shrinks them."""
+
+
+@keeper.command("run")
+@_FEDERATION_OPTION
+@click.option("--once", is_flag=True, help="Look at every site once, act, and exit.")
+def keeper_run(config_path: str, once: bool) -> None:
+    """Watch every Slurm site of the federation and act on each model, until Ctrl-C."""
+    import asyncio
+    import logging
+
+    from autoscaling.keeper import Keeper
+    from serve_app.config import load_federation
+    from serve_app.control_channel import ChannelError, build_channels
+    from serve_app.settings import Settings
+
+    try:
+        config = load_federation(config_path)
+        channels = build_channels(config, Settings.from_environment())
+    except (ConfigError, ChannelError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if not any(s.site_config.slurm for s in config.sites):
+        raise click.ClickException(f"{config_path}: no site has a `slurm` section; nothing to keep")
+    logging.basicConfig(level=logging.INFO, format="[first] %(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per status call otherwise
+    keeper_loop = Keeper(config, channels)
+    if config.keeper.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(config.keeper.metrics_port, addr="127.0.0.1")
+    _stop_on_signals()
+    try:
+        asyncio.run(keeper_loop.look_once() if once else keeper_loop.run())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        keeper_loop.close()
 
 
 @main.group()

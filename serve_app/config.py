@@ -148,6 +148,70 @@ class PlacementConfig(StrictConfig):
     )
 
 
+class ColdStartConfig(StrictConfig):
+    """Requests for a model that runs nowhere but a Slurm site can start (FIRST's cold start)."""
+
+    hold_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long a request waits for the model to start before it gets 503 with "
+        "Retry-After (0: answer at once).",
+    )
+    expected_start_s: float = Field(
+        300.0,
+        gt=0,
+        description="Retry-After estimate for a model never seen starting at a site; later "
+        "estimates come from the start times observed.",
+    )
+    poll_interval_s: float = Field(
+        1.0, gt=0, description="Status polls of a site while a start there is awaited."
+    )
+    max_failed_starts: int = Field(
+        2,
+        ge=1,
+        description="Jobs in a row that may die while starting before no more are submitted "
+        "for that model (until the failures are an hour old, or an operator launches one).",
+    )
+    launch_timeout_s: float = Field(60.0, gt=0, description="One launch call through the channel.")
+
+
+class KeeperConfig(StrictConfig):
+    """The hot-node keeper: Slurm allocations per model, kept, replaced, added, released."""
+
+    interval_s: float = Field(15.0, gt=0, description="Seconds between two looks at each site.")
+    drain_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long a job that a ready replacement took over keeps running (its "
+        "requests finish) before it is cancelled.",
+    )
+    scale_up_queue: float = Field(
+        8.0,
+        gt=0,
+        description="Requests waiting per ready allocation above which, held for "
+        "scale_up_window_s, one more allocation is started (up to allocations.max).",
+    )
+    scale_up_window_s: float = Field(60.0, ge=0, description="How long the queue must stay high.")
+    idle_window_s: float = Field(
+        900.0,
+        gt=0,
+        description="An allocation is released after this long without requests, never going "
+        "below the model's minimum (hot: 1).",
+    )
+    in_gateway: bool = Field(
+        False,
+        description="Run the keeper inside the gateway (one more Serve deployment on the "
+        "gateway's Ray cluster, or a task of the standalone gateway) instead of as "
+        "`first keeper run`.",
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port for the Prometheus metrics of `first keeper run`.",
+    )
+
+
 class GatewayConfig(StrictConfig):
     """Where the gateway listens, and the Ray cluster that hosts it under Serve."""
 
@@ -308,6 +372,7 @@ class StoreConfig(StrictConfig):
     kind: Literal["sqlite"] = "sqlite"
     path: Path = Field(
         Path(".first/first.db"),
+        validate_default=True,
         description="SQLite file; a relative path is taken from the directory `first` runs in.",
     )
 
@@ -334,6 +399,8 @@ class FederationConfig(StrictConfig):
 
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
+    keeper: KeeperConfig = Field(default_factory=KeeperConfig)
     status: StatusConfig = Field(default_factory=StatusConfig)
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
@@ -353,7 +420,12 @@ class FederationConfig(StrictConfig):
     @model_validator(mode="after")
     def _colocate(self) -> FederationConfig:
         """A colocated site runs on the gateway's cluster and proxy, under its own prefix."""
-        for site in self.sites:
+        for index, site in enumerate(self.sites):
+            if site.colocated and isinstance(site.site, SiteConfig) and site.site.slurm:
+                raise ValueError(
+                    f"sites[{index}].colocated: the site's models run in Slurm jobs (its "
+                    "`slurm` section), not on the gateway's Ray cluster"
+                )
             if site.colocated and isinstance(site.site, SiteConfig):
                 config = site.site.model_copy(deep=True)
                 config.ray = self.gateway.ray
@@ -383,6 +455,10 @@ class FederationConfig(StrictConfig):
             if site.name == name:
                 return site
         raise KeyError(name)
+
+    @property
+    def slurm_sites(self) -> list[SiteConfig]:
+        return [s.site_config for s in self.sites if s.site_config.slurm is not None]
 
     @property
     def colocated_sites(self) -> list[SiteConfig]:

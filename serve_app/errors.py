@@ -114,6 +114,20 @@ class NoSiteAvailableError(GatewayError):
     code = "no_site_available"
 
 
+class ModelStartingError(GatewayError):
+    """The model runs nowhere yet; a Slurm job for it is queued or starting."""
+
+    status = 503
+    code = "model_starting"
+
+
+class ModelStartFailedError(GatewayError):
+    """The model's Slurm jobs failed to start, or could not be submitted."""
+
+    status = 503
+    code = "model_start_failed"
+
+
 class UpstreamTimeoutError(GatewayError):
     status = 504
     code = "upstream_timeout"
@@ -130,7 +144,8 @@ DOCUMENTED_ERRORS = {
     429: "Over a request or token limit; see Retry-After.",
     500: "The gateway failed; the message carries the request id.",
     502: "A site answered with something that is not an OpenAI response.",
-    503: "No site can serve the model now, or Globus Auth cannot be reached; see Retry-After.",
+    503: "No site can serve the model now (it may be starting), or Globus Auth cannot be "
+    "reached; see Retry-After.",
     504: "The site did not answer in time.",
 }
 

@@ -46,7 +46,6 @@ SITE_ERRORS = (aiohttp.ClientError, TimeoutError)
 def build_site_client(state: SiteState) -> aiohttp.ClientSession:
     timeouts = state.config.timeouts
     return aiohttp.ClientSession(
-        base_url=state.config.url + "/",
         timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.read_s
         ),
@@ -113,7 +112,9 @@ class Forwarder:
         state.in_flight[model] += 1
         try:
             response = await asyncio.wait_for(
-                client.post(path.lstrip("/"), data=body, headers={"x-request-id": request_id}),
+                client.post(
+                    state.endpoint(model) + path, data=body, headers={"x-request-id": request_id}
+                ),
                 state.config.timeouts.first_byte_s,
             )
         except SITE_ERRORS as exc:

@@ -18,6 +18,8 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
+from deployments.site_status import ACTIVE_JOB_STATES
+from serve_app.cold_start import ColdStarter
 from serve_app.config import FederationConfig
 from serve_app.control_channel import ControlChannel
 from serve_app.errors import (
@@ -63,7 +65,9 @@ class Gateway:
         self.ledger = ledger
         self._background: set[asyncio.Task] = set()
         self.sites = {site.name: SiteState(site, config) for site in config.sites}
-        self.pollers = [StatusPoller(state, channels[name]) for name, state in self.sites.items()]
+        pollers = {name: StatusPoller(state, channels[name]) for name, state in self.sites.items()}
+        self.pollers = list(pollers.values())
+        self.cold_starter = ColdStarter(config.cold_start, channels, pollers)
         self.placer = Placer(config.placement.policy, config.placement.latency_tolerance)
         self.forwarder = Forwarder(self.sites, config.placement.retry_after_s)
         self.started_at = int(time.time())
@@ -106,6 +110,7 @@ class Gateway:
                         site_health=health,
                         state=status.state if status else "unknown",
                         ready=bool(status and status.ready),
+                        jobs=_active_jobs(status) if state.slurm and status else None,
                     )
                 )
         cards = [
@@ -168,6 +173,20 @@ class Gateway:
         ordered = self.placer.order(candidates)
         return [c.site for c in ordered[: self.config.placement.max_attempts]]
 
+    async def _placement_or_cold_start(
+        self, caller: Principal, model: str, site: str | None
+    ) -> list[str]:
+        """Sites to try; when none runs the model but a Slurm site can start it, start it."""
+        try:
+            return self.placement_order(caller, model, site)
+        except NoSiteAvailableError:
+            now = time.monotonic()
+            startable = [s for s in self._sites_for(site) if s.can_launch(model, now)]
+            if not startable:
+                raise
+        await self.cold_starter.bring_up(model, startable)
+        return self.placement_order(caller, model, site)
+
     async def forward(
         self,
         request: Request,
@@ -184,7 +203,7 @@ class Gateway:
         try:
             self.policy.require_model(caller, model)
             await self.limiter.admit(caller.user, model)
-            order = self.placement_order(caller, model, site)
+            order = await self._placement_or_cold_start(caller, model, site)
             response = await until_disconnected(
                 request, self.forwarder.forward(path, payload, request_id, order, meter)
             )
@@ -268,6 +287,10 @@ class Gateway:
         up = sum(r.health in ("up", "stale") for r in reports)
         status = "ok" if up == len(reports) else "degraded" if up else "no_sites"
         return HealthReport(status=status, sites=reports)
+
+
+def _active_jobs(status) -> int:
+    return sum(job.state in ACTIVE_JOB_STATES for job in status.jobs)
 
 
 def _prompt_of(body: OpenAIModel) -> str:

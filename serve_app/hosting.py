@@ -43,6 +43,16 @@ class GatewayStartError(RuntimeError):
     """The gateway could not start; the message says why, in one line."""
 
 
+def keeper_app_name(config: FederationConfig) -> str:
+    return f"{config.gateway.app_name}-keeper"
+
+
+def serve_app_names(config: FederationConfig) -> list[str]:
+    """Every Serve application `bring_up_on_serve` deploys, for the shutdown."""
+    names = [s.serve.app_name for s in config.colocated_sites] + [config.gateway.app_name]
+    return [*names, keeper_app_name(config)] if config.keeper.in_gateway else names
+
+
 def gateway_url(config: FederationConfig) -> str:
     host = config.gateway.host
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -85,7 +95,7 @@ def bring_up_on_serve(config: FederationConfig, timeout_s: float, progress: Prog
     """Deploy the colocated sites and the ingress on Serve, and wait until they answer."""
     from ray import serve
 
-    from serve_app.ingress import build_gateway_app
+    from serve_app.ingress import build_gateway_app, build_keeper_app
 
     deadline = time.monotonic() + timeout_s
     try:
@@ -104,6 +114,14 @@ def bring_up_on_serve(config: FederationConfig, timeout_s: float, progress: Prog
             route_prefix="/",
             blocking=False,
         )
+        if config.keeper.in_gateway and config.slurm_sites:
+            progress("deploying the hot-node keeper")
+            serve.run(
+                build_keeper_app(config),
+                name=keeper_app_name(config),
+                route_prefix=None,
+                blocking=False,
+            )
         for site in config.colocated_sites:
             wait_until_answering(site, max(deadline - time.monotonic(), 1.0), progress)
     except SiteStartError as exc:

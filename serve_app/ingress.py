@@ -7,7 +7,8 @@ its own control channels, status pollers and site connections.
 Rate limits must hold across replicas, so they live in one more deployment,
 `RateLimitService`, with a single replica that every ingress replica asks
 through a `DeploymentHandle`. Serve deploys, restarts and removes it with the
-gateway application.
+gateway application. The hot-node keeper, when it runs inside the gateway,
+is likewise one replica (`KeeperService`), in an application of its own.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 
+from autoscaling.keeper import Keeper
 from serve_app.app import build_app
 from serve_app.config import FederationConfig, LimitsConfig
+from serve_app.control_channel import build_channels
 from serve_app.ratelimit import LimitBook, Refusal, refuse
+from serve_app.settings import Settings
 
 logger = logging.getLogger(__name__)
 # The ingress only waits on sites; its concurrency is bounded by the sites, not by CPU.
@@ -46,6 +50,23 @@ class RateLimitService:
 
     def record(self, user: str, model: str, tokens: int) -> None:
         self.book.record(user, model, tokens, time.monotonic())
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+class KeeperService:
+    """The hot-node keeper on the gateway's Ray cluster: one replica, restarted by Serve."""
+
+    async def __init__(self, config: dict[str, Any]):
+        federation = FederationConfig.model_validate(config)
+        self.keeper = Keeper(federation, build_channels(federation, Settings.from_environment()))
+        self.keeper.start()
+
+    async def __del__(self) -> None:
+        await self.keeper.stop()
+
+
+def build_keeper_app(config: FederationConfig) -> Application:
+    return KeeperService.bind(config.model_dump(mode="json"))
 
 
 class ServeRateLimiter:

@@ -234,10 +234,14 @@ class ModelPlacement(BaseModel):
     site: str
     site_health: Literal["unknown", "up", "stale", "down"]
     state: str = Field(
-        description="running, starting, scaled_to_zero, unhealthy, not_deployed, or unknown "
-        "when the site has not reported."
+        description="running, starting, queued (a Slurm job waits), stopped (starts on the "
+        "first request), failed, scaled_to_zero, unhealthy, not_deployed, or unknown when "
+        "the site has not reported."
     )
     ready: bool = Field(description="A replica can answer now.")
+    jobs: int | None = Field(
+        None, description="Slurm jobs of the model queued or running at the site (Slurm sites)."
+    )
 
 
 class ModelCard(BaseModel):

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import statistics
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Literal
 
 from pydantic import ValidationError
 
 from deployments.site_functions import site_status
-from deployments.site_status import ModelStatus, SiteStatus
+from deployments.site_status import JobStatus, ModelStatus, SiteStatus
 from serve_app.circuit_breaker import CircuitBreaker
 from serve_app.config import FederatedSiteConfig, FederationConfig
 from serve_app.control_channel import ControlChannel
@@ -35,6 +37,8 @@ logger = logging.getLogger(__name__)
 SiteHealth = Literal["unknown", "up", "stale", "down"]
 # Weight of the newest sample in the moving average of time to first byte.
 LATENCY_SMOOTHING = 0.2
+# Cold starts remembered per model, for the Retry-After of the next one.
+START_TIMES_KEPT = 20
 
 
 class SiteState:
@@ -54,6 +58,12 @@ class SiteState:
         self.error: str | None = None
         self.in_flight: Counter[str] = Counter()
         self.latency_s: dict[str, float] = {}
+        self.slurm = config.site_config.slurm
+        # Seconds from submission to ready of the Slurm jobs seen starting, per model.
+        self.start_times: dict[str, deque[float]] = {}
+        self._timed_jobs: set[str] = set()
+        self._turn = itertools.count()
+        self._reported = asyncio.Event()
 
     def health(self, now: float) -> SiteHealth:
         if self.failures >= self.down_after_failures:
@@ -73,12 +83,37 @@ class SiteState:
         self.in_flight_at_report = self.in_flight.copy()
         self.failures = 0
         self.error = None
+        self._learn_start_times(status)
+        self._announce_report()
+
+    def _announce_report(self) -> None:
+        self._reported.set()
+        self._reported = asyncio.Event()
+
+    async def next_report(self, timeout_s: float) -> None:
+        """Wait for the next status report (or failed status call), at most `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._reported.wait(), timeout_s)
+
+    def _learn_start_times(self, status: SiteStatus) -> None:
+        for model in status.models:
+            for job in model.jobs:
+                if job.start_s is not None and job.job_id not in self._timed_jobs:
+                    self._timed_jobs.add(job.job_id)
+                    times = self.start_times.setdefault(model.id, deque(maxlen=START_TIMES_KEPT))
+                    times.append(job.start_s)
+
+    def typical_start_s(self, model: str) -> float | None:
+        """Median submission-to-ready time of the model's jobs seen here; None before any."""
+        times = self.start_times.get(model)
+        return statistics.median(times) if times else None
 
     def record_status_failure(self, error: str) -> None:
         self.failures += 1
         self.error = error
         if self.failures == self.down_after_failures:
             logger.warning("site %s is down: %s", self.name, error)
+        self._announce_report()
 
     def record_latency(self, model: str, seconds: float) -> None:
         previous = self.latency_s.get(model)
@@ -91,6 +126,37 @@ class SiteState:
             return None
         return next((m for m in self.status.models if m.id == model), None)
 
+    def can_launch(self, model: str, now: float) -> bool:
+        """Whether this site could start `model` in a Slurm job now."""
+        healthy = self.health(now) in ("up", "stale") and self.breaker.available(now)
+        return self.slurm is not None and model in self.models and healthy
+
+    def ready_jobs(self, model: str) -> list[JobStatus]:
+        """The model's Slurm jobs that answer, those not about to reach their wall time first.
+
+        A job within the handover window gets requests only while no fresher
+        job is ready, so traffic moves to a replacement as soon as it can
+        answer, and the old job drains before its end.
+        """
+        status = self.model_status(model)
+        if status is None or self.slurm is None:
+            return []
+        ready = [job for job in status.jobs if job.state == "running" and job.base_url]
+        aged = time.time() - status_collected_at(self.status)
+        fresh = [
+            job
+            for job in ready
+            if job.time_left_s is None or job.time_left_s - aged >= self.slurm.handover_s
+        ]
+        return fresh or ready
+
+    def endpoint(self, model: str) -> str:
+        """Base URL for a request for `model`: the site's, or one of the model's ready jobs'."""
+        jobs = self.ready_jobs(model)
+        if not jobs:
+            return self.config.url
+        return jobs[next(self._turn) % len(jobs)].base_url.rstrip("/")
+
     def candidate(self, model: str, now: float) -> Candidate | None:
         """This site as a placement candidate for `model`, or None if it cannot take it now."""
         health = self.health(now)
@@ -99,6 +165,8 @@ class SiteState:
         status = self.model_status(model)
         if status is not None and status.state in ("unhealthy", "not_deployed"):
             return None
+        if self.slurm is not None and not self.ready_jobs(model):
+            return None  # nothing runs there: a cold start, not a placement
         return Candidate(
             site=self.name,
             priority=self.config.priority,
@@ -111,6 +179,10 @@ class SiteState:
         )
 
 
+def status_collected_at(status: SiteStatus | None) -> float:
+    return status.collected_at if status is not None else time.time()
+
+
 class StatusPoller:
     """Polls one site's status through its channel until stopped."""
 
@@ -119,6 +191,15 @@ class StatusPoller:
         self.channel = channel
         self._site = state.config.site_config.model_dump()
         self._task: asyncio.Task | None = None
+        self._hurry_until = 0.0
+        self._hurry_interval_s = 1.0
+        self._woken = asyncio.Event()
+
+    def hurry(self, until: float, interval_s: float) -> None:
+        """Poll every `interval_s` until `until` (monotonic): a cold start is being watched."""
+        self._hurry_until = max(self._hurry_until, until)
+        self._hurry_interval_s = interval_s
+        self._woken.set()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -147,8 +228,14 @@ class StatusPoller:
             self.state.record_status(status, time.monotonic())
 
     async def _run(self) -> None:
-        interval_s = self.state.config.channel.poll_interval_s
         while True:
             started = time.monotonic()
             await self.poll_once()
-            await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+            interval_s = self.state.config.channel.poll_interval_s
+            if time.monotonic() < self._hurry_until:
+                interval_s = min(interval_s, self._hurry_interval_s)
+            self._woken.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._woken.wait(), max(0.0, interval_s - (time.monotonic() - started))
+                )

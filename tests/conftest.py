@@ -138,13 +138,18 @@ def globus_auth() -> Iterator[FakeGlobusAuth]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests on the simulated federation run last.
+    """Tests on the simulated federation run last, after those on the development Slurm.
 
     Its three Ray clusters stay up from its first test to the end of the run and
     load the 2 cores; the tests that measure rates and timings (limits, caching,
     disconnects) must run on a machine that is not also busy with them.
     """
-    items.sort(key=lambda item: "federation" in getattr(item, "fixturenames", ()))
+
+    def group(item: pytest.Item) -> tuple[bool, bool]:
+        names = getattr(item, "fixturenames", ())
+        return "federation" in names, "dev_slurm" in names
+
+    items.sort(key=group)
 
 
 def private_ray_temp() -> Path:
@@ -294,3 +299,34 @@ def standalone_gateway(stack, tmp_path_factory, globus_auth) -> Iterator[str]:
         yield process.wait_ready(60)
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def dev_slurm(tmp_path_factory) -> Iterator[Path]:
+    """A private single-node Slurm (scripts/dev-slurm.sh), stopped at the end of the run.
+
+    Its SLURM_CONF goes into this process's environment, so the gateways and
+    `first` commands the tests start submit to it.
+    """
+    import os
+
+    root = Path(tempfile.mkdtemp(prefix="first-slurm-", dir="/tmp"))
+    script = str(REPO / "scripts" / "dev-slurm.sh")
+    started = subprocess.run(
+        [script, "start", str(root)], capture_output=True, text=True, timeout=120, check=False
+    )
+    if started.returncode != 0:
+        subprocess.run([script, "stop", str(root)], timeout=60, check=False)
+        pytest.fail(f"dev Slurm did not start: {started.stderr[-2000:]}")
+    conf = started.stdout.strip().split("=", 1)[1]
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    try:
+        yield root
+    finally:
+        subprocess.run([script, "stop", str(root)], timeout=120, check=False)
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+        shutil.rmtree(root, ignore_errors=True)
