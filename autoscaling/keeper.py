@@ -163,16 +163,23 @@ def _release_superseded(  # noqa: PLR0913 (pure helper of decide: its state, spe
     memory: ModelMemory,
     now: float,
 ) -> list[Decision]:
-    """Cancel an ending job `drain_s` after a fresh replacement became ready."""
+    """Cancel an ending job `drain_s` after a job with more time left became ready.
+
+    The successor is a fresh ready job if there is one, else the ready ending
+    job with the most time left (a replacement that took longer to start
+    than the wall time allowed): the gateway already sends it every request.
+    """
     ready_fresh = [j for j in fresh if j.state == "running"]
+    ready_ending = sorted(ending, key=lambda j: j.time_left_s or 0.0, reverse=True)
+    successor = ready_fresh[0] if ready_fresh else (ready_ending[0] if ending else None)
     decisions = []
     for job in ending:
-        if not ready_fresh:
+        if successor is None or job is successor:
             memory.replaced_since.pop(job.job_id, None)
             continue
         since = memory.replaced_since.setdefault(job.job_id, now)
         if now - since >= rules.keeper.drain_s:
-            detail = f"job {ready_fresh[0].job_id} took over from job {job.job_id}"
+            detail = f"job {successor.job_id} took over from job {job.job_id}"
             decisions.append(Decision("stop", model_id, "superseded", detail, job_id=job.job_id))
     known = {j.job_id for j in ending}
     for job_id in list(memory.replaced_since):

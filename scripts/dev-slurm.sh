@@ -52,8 +52,13 @@ cmd_install() {
   if ! apt-cache show slurmctld >/dev/null 2>&1; then
     log "apt-get update"; $sudo apt-get update -q >&2
   fi
-  log "installing slurmctld slurmd slurm-client munge"
-  $sudo apt-get install -y -q --no-install-recommends slurmctld slurmd slurm-client munge >&2
+  local packages=(slurmctld slurmd slurm-client munge)
+  log "installing ${packages[*]}"
+  if ! $sudo apt-get install -y -q --no-install-recommends "${packages[@]}" >&2; then
+    log "install failed; refreshing the package lists (apt-get update) and retrying"
+    $sudo apt-get update -q >&2
+    $sudo apt-get install -y -q --no-install-recommends "${packages[@]}" >&2
+  fi
   log "installed: $(slurmctld -V)"
 }
 

@@ -203,10 +203,13 @@ class Gateway:
         try:
             self.policy.require_model(caller, model)
             await self.limiter.admit(caller.user, model)
-            order = await self._placement_or_cold_start(caller, model, site)
-            response = await until_disconnected(
-                request, self.forwarder.forward(path, payload, request_id, order, meter)
-            )
+
+            async def place_and_forward() -> Response:
+                # A caller held through a cold start may leave; the hold ends with it.
+                order = await self._placement_or_cold_start(caller, model, site)
+                return await self.forwarder.forward(path, payload, request_id, order, meter)
+
+            response = await until_disconnected(request, place_and_forward())
         except GatewayError as exc:
             meter.finish(exc.status)
             raise

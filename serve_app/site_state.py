@@ -135,8 +135,9 @@ class SiteState:
         """The model's Slurm jobs that answer, those not about to reach their wall time first.
 
         A job within the handover window gets requests only while no fresher
-        job is ready, so traffic moves to a replacement as soon as it can
-        answer, and the old job drains before its end.
+        job is ready (and then only the one with the most time left), so
+        traffic moves to a replacement as soon as it can answer, and the old
+        job drains before its end.
         """
         status = self.model_status(model)
         if status is None or self.slurm is None:
@@ -148,7 +149,9 @@ class SiteState:
             for job in ready
             if job.time_left_s is None or job.time_left_s - aged >= self.slurm.handover_s
         ]
-        return fresh or ready
+        if fresh or not ready:
+            return fresh
+        return [max(ready, key=lambda job: job.time_left_s or 0.0)]
 
     def endpoint(self, model: str) -> str:
         """Base URL for a request for `model`: the site's, or one of the model's ready jobs'."""

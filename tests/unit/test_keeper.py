@@ -115,3 +115,13 @@ def test_a_model_whose_last_jobs_died_while_starting_gets_no_more_jobs():
     recovered = [*failed, JobStatus(job_id="3", model="m", state="ended")]
     (decision,) = run(model("hot"), status(*recovered), memory, now=2.0)
     assert decision.reason == "minimum"
+
+
+def test_a_replacement_that_started_too_slowly_still_takes_over_from_the_older_job():
+    memory = ModelMemory(last_busy=0.0)
+    # Both within the handover window: the one with more time left is the successor.
+    report = status(job("1", left=20), job("2", left=200))
+    run(model(), report, memory, now=0.0)
+    decisions = run(model(), report, memory, now=30.0)
+    stops = [d for d in decisions if d.action == "stop"]
+    assert [(d.reason, d.job_id) for d in stops] == [("superseded", "1")]
