@@ -15,10 +15,12 @@ conf_line=$(scripts/dev-slurm.sh start "$SLURM_DIR")
 export "${conf_line?}"
 echo "[run-slurm] development Slurm up ($conf_line)" >&2
 
-keeper_pid=
+keeper_pid= gateway_pid=
+stop_pid() { if [ -n "$1" ]; then kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; fi; }
 cleanup() {
     trap - EXIT INT TERM
-    if [ -n "$keeper_pid" ]; then kill -TERM "$keeper_pid" 2>/dev/null || true; wait "$keeper_pid" 2>/dev/null || true; fi
+    stop_pid "$gateway_pid"
+    stop_pid "$keeper_pid"
     echo "[run-slurm] stopping the jobs and the development Slurm" >&2
     scripts/dev-slurm.sh stop "$SLURM_DIR" || true
 }
@@ -28,4 +30,7 @@ trap 'exit 130' INT TERM
 "$BIN/first" keeper run --config "$FEDERATION" 2> .first/keeper.log &
 keeper_pid=$!
 echo "[run-slurm] hot-node keeper running (log: .first/keeper.log)" >&2
-"$BIN/first" gateway up --standalone --config "$FEDERATION" --with-key "${USER:-local}"
+# In the background and waited for, so that a SIGTERM to this script is handled at once.
+"$BIN/first" gateway up --standalone --config "$FEDERATION" --with-key "${USER:-local}" &
+gateway_pid=$!
+wait "$gateway_pid"

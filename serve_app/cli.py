@@ -61,6 +61,14 @@ Press Ctrl-C to stop.
 """
 
 
+def _log_keeper_decisions() -> None:
+    """Warnings from everything, and the hot-node keeper's decisions, on stderr."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="[first] %(asctime)s %(message)s")
+    logging.getLogger("first.keeper").setLevel(logging.INFO)
+
+
 def _raise_keyboard_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -327,6 +335,7 @@ def gateway_up(
         click.echo(_usage_banner("The gateway", url, models, where, api_key), err=True)
         click.echo(f"READY {url}", err=False)
 
+    _log_keeper_decisions()
     started = time.monotonic()
     try:
         verify_channels(config, settings, _echo)
@@ -478,7 +487,6 @@ def keeper() -> None:
 def keeper_run(config_path: str, once: bool) -> None:
     """Watch every Slurm site of the federation and act on each model, until Ctrl-C."""
     import asyncio
-    import logging
 
     from autoscaling.keeper import Keeper
     from serve_app.config import load_federation
@@ -492,8 +500,7 @@ def keeper_run(config_path: str, once: bool) -> None:
         raise click.ClickException(str(exc)) from None
     if not any(s.site_config.slurm for s in config.sites):
         raise click.ClickException(f"{config_path}: no site has a `slurm` section; nothing to keep")
-    logging.basicConfig(level=logging.INFO, format="[first] %(asctime)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per status call otherwise
+    _log_keeper_decisions()
     keeper_loop = Keeper(config, channels)
     if config.keeper.metrics_port:
         from prometheus_client import start_http_server

@@ -104,6 +104,8 @@ def bring_up_on_serve(config: FederationConfig, timeout_s: float, progress: Prog
         ray_at = config.gateway.ray.address
         progress(f"joining Ray at {ray_at}" if ray_at else "starting Ray")
         start_ray(config.gateway.ray)
+        # The gateway's address; colocated sites share this proxy (same host and port).
+        serve.start(http_options={"host": config.gateway.host, "port": config.gateway.port})
         for site in config.colocated_sites:
             progress(f"deploying site {site.name}: {', '.join(m.id for m in site.models)}")
             deploy(site)

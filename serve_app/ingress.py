@@ -57,6 +57,7 @@ class KeeperService:
     """The hot-node keeper on the gateway's Ray cluster: one replica, restarted by Serve."""
 
     async def __init__(self, config: dict[str, Any]):
+        logging.getLogger("first.keeper").setLevel(logging.INFO)  # its decisions, in its log
         federation = FederationConfig.model_validate(config)
         self.keeper = Keeper(federation, build_channels(federation, Settings.from_environment()))
         self.keeper.start()

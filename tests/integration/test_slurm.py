@@ -335,3 +335,44 @@ def _job_states(gateway: SlurmGateway, model: str) -> dict[str, str]:
     (a `first` process every poll would cost the loading job a core)."""
     site = load_config(gateway.site_path, SiteConfig)
     return {job.job_id: job.state for job in SiteJobs(site).jobs(model)}
+
+
+def test_the_keeper_inside_the_gateway_starts_a_hot_model_before_any_request(dev_slurm, tmp_path):
+    """keeper.in_gateway: no `first keeper run`; the gateway itself keeps the hot model."""
+    site = {
+        "name": "kept",
+        "slurm": {
+            "cpus_per_node": 1,
+            "ray_cpus_per_node": 8,
+            "time_limit": "10",
+            "serve_host": "127.0.0.1",
+            "state_dir": str(tmp_path / "slurm"),
+        },
+        "models": [{"id": "sim-hot", "engine": "simulated", "autoscaling": "hot"}],
+    }
+    federation = {
+        "gateway": {"port": free_port()},
+        "auth": {"required": False},
+        "limits": None,
+        "store": {"path": str(tmp_path / "first.db")},
+        "keeper": {"in_gateway": True, "interval_s": 2},
+        "sites": [{"name": "kept", "site": site, "channel": {"kind": "local"}}],
+    }
+    path = tmp_path / "federation.yaml"
+    path.write_text(yaml.safe_dump(federation))
+    site_path = tmp_path / "site.yaml"
+    site_path.write_text(yaml.safe_dump(site))
+    process = FirstProcess.start(
+        ["gateway", "up", "--standalone", "--config", str(path)], tmp_path, "gateway"
+    )
+    gateway = SlurmGateway(process.wait_ready(60), site_path, path, tmp_path)
+    try:
+        gateway.wait_for_state("sim-hot", {"running"}, START_TIMEOUT_S)
+        answer = gateway.client().chat.completions.create(
+            model="sim-hot", messages=MESSAGES, max_tokens=4
+        )
+        assert answer.choices[0].message.content
+    finally:
+        process.stop()
+        gateway.slurm("stop", "sim-hot", check=False)
+    assert "launch sim-hot at kept (minimum:" in process.log_path.read_text()
