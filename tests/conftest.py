@@ -138,16 +138,19 @@ def globus_auth() -> Iterator[FakeGlobusAuth]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests on the simulated federation run last, after those on the development Slurm.
+    """Tests on the development Slurm run first, tests on the simulated federation last.
 
-    Its three Ray clusters stay up from its first test to the end of the run and
-    load the 2 cores; the tests that measure rates and timings (limits, caching,
-    disconnects) must run on a machine that is not also busy with them.
+    The Slurm tests start Ray clusters and vLLM engines in jobs, several at
+    once at a handover; they run before the shared stack is up, and their jobs
+    are gone before it starts. The federation's three Ray clusters stay up from
+    its first test to the end of the run and load the 2 cores; the tests that
+    measure rates and timings (limits, caching, disconnects) must run on a
+    machine that is not also busy with them.
     """
 
     def group(item: pytest.Item) -> tuple[bool, bool]:
         names = getattr(item, "fixturenames", ())
-        return "federation" in names, "dev_slurm" in names
+        return "federation" in names, "dev_slurm" not in names
 
     items.sort(key=group)
 

@@ -120,10 +120,8 @@ def slurm_site(model_dir: Path, state_dir: Path) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def slurm_gateway(dev_slurm, tiny_model_dir, tmp_path_factory) -> Iterator[SlurmGateway]:
-    workdir = tmp_path_factory.mktemp("slurm-gateway")
-    site = slurm_site(tiny_model_dir, workdir / "slurm")
+def start_slurm_gateway(workdir: Path, site: dict, **sections) -> tuple[FirstProcess, SlurmGateway]:
+    """A standalone gateway in front of `site` alone, with `sections` of federation config."""
     site_path = workdir / "site.yaml"
     site_path.write_text(yaml.safe_dump(site))
     federation = {
@@ -131,11 +129,10 @@ def slurm_gateway(dev_slurm, tiny_model_dir, tmp_path_factory) -> Iterator[Slurm
         "auth": {"required": False},
         "limits": None,
         "store": {"path": str(workdir / "first.db")},
-        "cold_start": {"hold_s": HOLD_S, "expected_start_s": 60, "poll_interval_s": 0.5},
-        "keeper": {"interval_s": 3, "drain_s": 5, "idle_window_s": 3600},
+        **sections,
         "sites": [
             {
-                "name": SITE,
+                "name": site["name"],
                 "site": "site.yaml",
                 "channel": {"kind": "local", "poll_interval_s": 1.0},
             }
@@ -146,7 +143,18 @@ def slurm_gateway(dev_slurm, tiny_model_dir, tmp_path_factory) -> Iterator[Slurm
     process = FirstProcess.start(
         ["gateway", "up", "--standalone", "--config", str(federation_path)], workdir, "gateway"
     )
-    gateway = SlurmGateway(process.wait_ready(60), site_path, federation_path, workdir)
+    return process, SlurmGateway(process.wait_ready(60), site_path, federation_path, workdir)
+
+
+@pytest.fixture(scope="module")
+def slurm_gateway(dev_slurm, tiny_model_dir, tmp_path_factory) -> Iterator[SlurmGateway]:
+    workdir = tmp_path_factory.mktemp("slurm-gateway")
+    process, gateway = start_slurm_gateway(
+        workdir,
+        slurm_site(tiny_model_dir, workdir / "slurm"),
+        cold_start={"hold_s": HOLD_S, "expected_start_s": 60, "poll_interval_s": 0.5},
+        keeper={"interval_s": 3, "drain_s": 5, "idle_window_s": 3600},
+    )
     try:
         yield gateway
     finally:
@@ -350,22 +358,9 @@ def test_the_keeper_inside_the_gateway_starts_a_hot_model_before_any_request(dev
         },
         "models": [{"id": "sim-hot", "engine": "simulated", "autoscaling": "hot"}],
     }
-    federation = {
-        "gateway": {"port": free_port()},
-        "auth": {"required": False},
-        "limits": None,
-        "store": {"path": str(tmp_path / "first.db")},
-        "keeper": {"in_gateway": True, "interval_s": 2},
-        "sites": [{"name": "kept", "site": site, "channel": {"kind": "local"}}],
-    }
-    path = tmp_path / "federation.yaml"
-    path.write_text(yaml.safe_dump(federation))
-    site_path = tmp_path / "site.yaml"
-    site_path.write_text(yaml.safe_dump(site))
-    process = FirstProcess.start(
-        ["gateway", "up", "--standalone", "--config", str(path)], tmp_path, "gateway"
+    process, gateway = start_slurm_gateway(
+        tmp_path, site, keeper={"in_gateway": True, "interval_s": 2}
     )
-    gateway = SlurmGateway(process.wait_ready(60), site_path, path, tmp_path)
     try:
         gateway.wait_for_state("sim-hot", {"running"}, START_TIMEOUT_S)
         answer = gateway.client().chat.completions.create(
