@@ -332,6 +332,8 @@ def test_the_keeper_hands_a_hot_model_over_before_its_wall_time_without_a_failed
         if sender.is_alive():
             sender.join(timeout=130)
         keeper.stop(grace_s=10)
+        # The hot model's jobs hold the dev Slurm's CPUs; the next tests need them.
+        slurm_gateway.slurm("stop", HOT)
     log = keeper.log_path.read_text()
     assert "(handover:" in log and "(superseded:" in log, log[-3000:]
     assert outcomes["ok"] > 30
