@@ -34,7 +34,7 @@ from prometheus_client import Counter
 
 from deployments.site_config import ModelConfig, SiteConfig
 from deployments.site_functions import launch, site_status, stop
-from deployments.site_status import ACTIVE_JOB_STATES, JobStatus, ModelStatus, SiteStatus
+from deployments.site_status import JobStatus, ModelStatus, SiteStatus
 from serve_app.config import FederationConfig, KeeperConfig
 from serve_app.control_channel import ControlChannel
 
@@ -106,7 +106,7 @@ def _decide(
     model: ModelConfig, status: ModelStatus, rules: Rules, memory: ModelMemory, now: float
 ) -> list[Decision]:
     config, handover_s = rules.keeper, rules.handover_s
-    active = [j for j in status.jobs if j.state in ACTIVE_JOB_STATES]
+    active = status.active_jobs()
     ending = [j for j in active if _ending(j, handover_s)]
     fresh = [j for j in active if j not in ending]
     ready = [j for j in active if j.state == "running"]

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 
 class StrictConfig(BaseModel):
@@ -26,6 +26,9 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message is one line, fit for a user."""
 
 
+# A path made absolute at load, from the directory the config is loaded in: Serve
+# replicas and Slurm jobs do not share the CLI's working directory.
+AbsolutePath = Annotated[Path, AfterValidator(lambda path: path.expanduser().absolute())]
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 ItemT = TypeVar("ItemT")
 _RELATIVE_PATH = re.compile(r"^(\[\d+\]|[A-Za-z_])[\w.\[\]]*: ")

@@ -13,7 +13,12 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from autoscaling import MIN_ALLOCATIONS, resolve_autoscaling
-from deployments.config_loading import StrictConfig, describe_validation_errors, require_unique
+from deployments.config_loading import (
+    AbsolutePath,
+    StrictConfig,
+    describe_validation_errors,
+    require_unique,
+)
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 # Where a simulated model's SimulatedEngineConfig travels inside LLMConfig.experimental_configs.
@@ -137,7 +142,7 @@ class SlurmConfig(SlurmJobConfig):
         description="Python with first-serve installed, as the compute nodes see it "
         "(default: the one running the site function).",
     )
-    state_dir: Path = Field(
+    state_dir: AbsolutePath = Field(
         Path(".first/slurm"),
         validate_default=True,
         description="Folder on a filesystem shared by login and compute nodes: batch scripts, "
@@ -168,12 +173,6 @@ class SlurmConfig(SlurmJobConfig):
         None,
         description="Batch script template (default cluster_configs/slurm/ray-site.sbatch.j2).",
     )
-
-    @field_validator("state_dir")
-    @classmethod
-    def _absolute(cls, path: Path) -> Path:
-        # The jobs and the gateway's replicas do not share the CLI's working directory.
-        return path.expanduser().absolute()
 
     def job_for(self, overrides: dict[str, Any]) -> SlurmJobConfig:
         """The site's job fields with a model's overrides on top."""

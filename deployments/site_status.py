@@ -77,6 +77,10 @@ class ModelStatus(BaseModel):
         default_factory=list, description="Slurm jobs of the model (Slurm sites only)."
     )
 
+    def active_jobs(self) -> list[JobStatus]:
+        """The model's jobs queued, starting or running."""
+        return [job for job in self.jobs if job.state in ACTIVE_JOB_STATES]
+
     def failed_starts(self) -> list[JobStatus]:
         """The model's most recent finished jobs that all died while starting, oldest first."""
         finished = [j for j in self.jobs if j.state in ("ended", "cancelled", "failed")]

@@ -23,7 +23,7 @@ import logging
 import time
 
 from deployments.site_functions import launch
-from deployments.site_status import ACTIVE_JOB_STATES, JobStatus, ModelStatus
+from deployments.site_status import JobStatus, ModelStatus
 from serve_app.config import ColdStartConfig
 from serve_app.control_channel import ControlChannel
 from serve_app.errors import ModelStartFailedError, ModelStartingError
@@ -77,7 +77,7 @@ class ColdStarter:
 
         def rank(state: SiteState) -> tuple:
             status = state.model_status(model)
-            active = [j for j in status.jobs if j.state in ACTIVE_JOB_STATES] if status else []
+            active = status.active_jobs() if status else []
             queued = sum(
                 j.state == "queued"
                 for m in (state.status.models if state.status else [])
@@ -91,7 +91,7 @@ class ColdStarter:
         """The id of the model's job being started at the site, launching one if needed."""
         key = (state.name, model)
         status = state.model_status(model)
-        active = [j for j in status.jobs if j.state in ACTIVE_JOB_STATES] if status else []
+        active = status.active_jobs() if status else []
         if active:
             return active[-1].job_id
         launched = self._launched.get(key)

@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from ray.serve.config import AutoscalingConfig
 
 from deployments.config_loading import (
+    AbsolutePath,
     ConfigError,
     StrictConfig,
     describe_validation_errors,
@@ -370,17 +371,11 @@ class StoreConfig(StrictConfig):
     """Where API keys and the usage ledger live: one SQLite file shared by the replicas."""
 
     kind: Literal["sqlite"] = "sqlite"
-    path: Path = Field(
+    path: AbsolutePath = Field(
         Path(".first/first.db"),
         validate_default=True,
         description="SQLite file; a relative path is taken from the directory `first` runs in.",
     )
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, path: Path) -> Path:
-        # Serve replicas do not share the CLI's working directory.
-        return path.expanduser().absolute()
 
 
 class LedgerConfig(StrictConfig):

@@ -18,7 +18,6 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deployments.site_status import ACTIVE_JOB_STATES
 from serve_app.cold_start import ColdStarter
 from serve_app.config import FederationConfig
 from serve_app.control_channel import ControlChannel
@@ -110,7 +109,7 @@ class Gateway:
                         site_health=health,
                         state=status.state if status else "unknown",
                         ready=bool(status and status.ready),
-                        jobs=_active_jobs(status) if state.slurm and status else None,
+                        jobs=len(status.active_jobs()) if state.slurm and status else None,
                     )
                 )
         cards = [
@@ -290,10 +289,6 @@ class Gateway:
         up = sum(r.health in ("up", "stale") for r in reports)
         status = "ok" if up == len(reports) else "degraded" if up else "no_sites"
         return HealthReport(status=status, sites=reports)
-
-
-def _active_jobs(status) -> int:
-    return sum(job.state in ACTIVE_JOB_STATES for job in status.jobs)
 
 
 def _prompt_of(body: OpenAIModel) -> str:

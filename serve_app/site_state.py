@@ -143,7 +143,7 @@ class SiteState:
         if status is None or self.slurm is None:
             return []
         ready = [job for job in status.jobs if job.state == "running" and job.base_url]
-        aged = time.time() - status_collected_at(self.status)
+        aged = time.time() - self.status.collected_at  # the report's time left is this old
         fresh = [
             job
             for job in ready
@@ -180,10 +180,6 @@ class SiteState:
             latency_s=self.latency_s.get(model),
             fresh=health == "up",
         )
-
-
-def status_collected_at(status: SiteStatus | None) -> float:
-    return status.collected_at if status is not None else time.time()
 
 
 class StatusPoller:
