@@ -109,7 +109,7 @@ class Forwarder:
         client = self.clients[state.name]
         started = time.monotonic()
         model = attempt.model
-        state.in_flight[model] += 1
+        state.request_started(model)
         try:
             response = await asyncio.wait_for(
                 client.post(
@@ -118,7 +118,7 @@ class Forwarder:
                 state.config.timeouts.first_byte_s,
             )
         except SITE_ERRORS as exc:
-            state.in_flight[model] -= 1
+            state.request_ended(model)
             state.breaker.record_failure(time.monotonic())
             timed_out = isinstance(exc, TimeoutError)
             attempt.timed_out |= timed_out
@@ -127,12 +127,12 @@ class Forwarder:
             return None
         except BaseException:
             # The client went away while we waited: no verdict on the site.
-            state.in_flight[model] -= 1
+            state.request_ended(model)
             state.breaker.abandon()
             raise
         if response.status in RETRYABLE_STATUSES:
             response.release()
-            state.in_flight[model] -= 1
+            state.request_ended(model)
             state.breaker.record_failure(time.monotonic())
             attempt.failures.append(f"{state.name}: HTTP {response.status}")
             return None
@@ -160,7 +160,7 @@ class Forwarder:
                 f"Site {state.name} broke off its answer: {_describe(exc)}."
             ) from None
         finally:
-            state.in_flight[model] -= 1
+            state.request_ended(model)
             response.release()
         if response.status >= 400:
             message = _openai_error_message(content)
@@ -202,7 +202,7 @@ class Forwarder:
             logger.warning(message)
             yield sse_error_event(message, 502, "upstream_error")
         finally:
-            state.in_flight[model] -= 1
+            state.request_ended(model)
             meter.finish(status)
             if finished:
                 response.release()  # the connection goes back to the pool

@@ -57,6 +57,8 @@ class SiteState:
         self.failures = 0
         self.error: str | None = None
         self.in_flight: Counter[str] = Counter()
+        # Most requests this ingress had open at the site since the status call went out.
+        self._peak_in_flight: Counter[str] = Counter()
         self.latency_s: dict[str, float] = {}
         self.slurm = config.site_config.slurm
         # Seconds from submission to ready of the Slurm jobs seen starting, per model.
@@ -80,7 +82,7 @@ class SiteState:
             logger.warning("site %s is up again", self.name)
         self.status = status
         self.reported_at = now
-        self.in_flight_at_report = self.in_flight.copy()
+        self.in_flight_at_report = self._peak_in_flight.copy()
         self.failures = 0
         self.error = None
         self._learn_start_times(status)
@@ -114,6 +116,24 @@ class SiteState:
         if self.failures == self.down_after_failures:
             logger.warning("site %s is down: %s", self.name, error)
         self._announce_report()
+
+    def status_requested(self) -> None:
+        """A status call goes out: its report will count some of our requests open from now on.
+
+        The site counts its requests at some moment between the call and the
+        answer. Subtracting the most of ours open in that window from the
+        report never leaves a phantom load of our own finished requests on a
+        site (which sent every request to the other sites until the next
+        report); at worst it misses someone else's load for one poll.
+        """
+        self._peak_in_flight = self.in_flight.copy()
+
+    def request_started(self, model: str) -> None:
+        self.in_flight[model] += 1
+        self._peak_in_flight[model] = max(self._peak_in_flight[model], self.in_flight[model])
+
+    def request_ended(self, model: str) -> None:
+        self.in_flight[model] -= 1
 
     def record_latency(self, model: str, seconds: float) -> None:
         previous = self.latency_s.get(model)
@@ -212,6 +232,7 @@ class StatusPoller:
 
     async def poll_once(self) -> None:
         timeout_s = self.state.config.timeouts.status_s
+        self.state.status_requested()
         future = self.channel.submit(site_status, self._site, timeout_s)
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), timeout_s + 1.0)

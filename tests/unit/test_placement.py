@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+from deployments.site_status import ModelStatus, SiteStatus
+from serve_app.config import FederationConfig
 from serve_app.placement import Candidate, Placer
+from serve_app.site_state import SiteState
 
 
 def first_choice(placer: Placer, candidates: list[Candidate]) -> str:
@@ -95,3 +98,42 @@ def test_random_uses_every_site():
     candidates = [Candidate(name) for name in "abc"]
     placer = Placer("random", seed=7)
     assert set(first_choice(placer, candidates) for _ in range(60)) == {"a", "b", "c"}
+
+
+def _site_state() -> SiteState:
+    federation = FederationConfig.model_validate(
+        {"sites": [{"name": "s", "site": {"name": "s", "models": [{"id": "m", "engine": "simulated"}]}}]}
+    )
+    return SiteState(federation.sites[0], federation)
+
+
+def _report(ongoing: int) -> SiteStatus:
+    model = ModelStatus(
+        id="m",
+        engine="vllm",
+        state="running",
+        ready=True,
+        replicas_running=1,
+        ongoing_requests=ongoing,
+    )
+    return SiteStatus(site="s", reachable=True, collected_at=0.0, base_url="x", models=[model])
+
+
+def test_our_requests_that_end_while_the_status_call_runs_leave_no_phantom_load():
+    state = _site_state()
+    state.status_requested()
+    for _ in range(3):
+        state.request_started("m")
+    report = _report(ongoing=3)  # the site counted our three
+    for _ in range(3):
+        state.request_ended("m")
+    state.record_status(report, now=0.0)
+    assert state.candidate("m", now=0.0).load == 0
+
+
+def test_someone_elses_requests_in_the_report_count_as_load():
+    state = _site_state()
+    state.request_started("m")
+    state.status_requested()
+    state.record_status(_report(ongoing=3), now=0.0)  # ours plus two others
+    assert state.candidate("m", now=0.0).load == 3
