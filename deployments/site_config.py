@@ -7,6 +7,7 @@ One YAML file per site in `cluster_configs/`. It is loaded once at the edge
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -290,6 +291,25 @@ class ServeHttpConfig(StrictConfig):
     )
 
 
+class BatchSiteConfig(StrictConfig):
+    """How batches run here: a Ray job per batch sends its lines to the model's deployment."""
+
+    concurrency: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Requests of one batch in flight at once: enough to keep the engine's "
+        "batches full (a few times its max_num_seqs across replicas).",
+    )
+    retries: int = Field(3, ge=0, description="Tries again for a line answered 429 or 5xx.")
+    request_timeout_s: float = Field(900.0, gt=0, description="One line's request, at most.")
+    staging_dir: AbsolutePath = Field(
+        Path(tempfile.gettempdir()) / "first-batches",
+        description="Where a batch's input is put together before Ray uploads it with the job "
+        "(on the host that runs the site functions; removed once submitted).",
+    )
+
+
 class SiteConfig(StrictConfig):
     """A site: one Ray cluster serving a set of models through one OpenAI endpoint."""
 
@@ -302,6 +322,7 @@ class SiteConfig(StrictConfig):
         description="Run each model in Slurm jobs, started on demand, instead of on one "
         "standing Ray cluster.",
     )
+    batch: BatchSiteConfig = Field(default_factory=BatchSiteConfig)
 
     @field_validator("models")
     @classmethod
@@ -331,6 +352,12 @@ class SiteConfig(StrictConfig):
             if model.id == model_id:
                 return model
         raise KeyError(model_id)
+
+    @property
+    def dashboard_url(self) -> str:
+        """The standing cluster's Ray dashboard (a Slurm job's own is in its JobStatus)."""
+        host = self.ray.address.rsplit(":", 1)[0] if self.ray.address else "127.0.0.1"
+        return f"http://{host}:{self.ray.dashboard_port}"
 
     @property
     def base_url(self) -> str:

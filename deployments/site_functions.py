@@ -70,9 +70,9 @@ def _standing_site_status(client, config, status) -> None:
     from deployments.site_config import deployment_name
     from deployments.site_status import ModelStatus, model_state
 
-    host = config.ray.address.rsplit(":", 1)[0] if config.ray.address else "127.0.0.1"
-    dashboard = f"http://{host}:{config.ray.dashboard_port}"
-    status.app_status, replicas, load = _read_serve(client, dashboard, config.serve.app_name)
+    status.app_status, replicas, load = _read_serve(
+        client, config.dashboard_url, config.serve.app_name
+    )
     for model in config.models:
         name = deployment_name(model.id)
         counts = replicas.get(name)

@@ -15,6 +15,9 @@ from fastapi import FastAPI
 
 from autoscaling.keeper import Keeper
 from serve_app.auth import build_authenticator
+from serve_app.batch_store import SqliteBatchStore
+from serve_app.batch_supervisor import BatchSupervisor
+from serve_app.batches import BatchService
 from serve_app.config import FederationConfig
 from serve_app.control_channel import build_channels
 from serve_app.errors import register_error_handlers
@@ -22,7 +25,7 @@ from serve_app.gateway import Gateway
 from serve_app.ledger import UsageLedger
 from serve_app.middleware import RequestContextMiddleware
 from serve_app.ratelimit import LocalRateLimiter, NoRateLimiter, RateLimiter
-from serve_app.routes import health, whoami
+from serve_app.routes import batches, health, whoami
 from serve_app.routes.inference import build_inference_router
 from serve_app.routes.models import build_models_router
 from serve_app.settings import Settings
@@ -61,6 +64,10 @@ def build_app(
         )
         await gateway.start()
         app.state.gateway = gateway
+        batch_store = SqliteBatchStore(config.store.path, config.store.files_dir)
+        app.state.batches = BatchService(batch_store, config.batch, gateway)
+        supervisor = BatchSupervisor(app.state.batches, channels)
+        supervisor.start()
         # On Serve every replica runs this lifespan: there the keeper is one
         # deployment of its own (serve_app/ingress.py), not one per replica.
         keeper = None
@@ -72,11 +79,13 @@ def build_app(
         finally:
             if keeper is not None:
                 await keeper.stop()
+            await supervisor.stop()
             await gateway.stop()
 
     app = FastAPI(title="FIRST gateway", description=DESCRIPTION, lifespan=lifespan)
     app.include_router(health.router)
     app.include_router(whoami.router)
+    app.include_router(batches.router)
     for pinned in (False, True):
         app.include_router(build_models_router(pinned))
         app.include_router(build_inference_router(pinned))
@@ -85,5 +94,7 @@ def build_app(
         RequestContextMiddleware,
         max_body_bytes=config.gateway.max_body_bytes,
         echo_request_id=not on_serve,
+        # Multipart adds a little around the file itself.
+        upload_limits={"/v1/files": config.batch.max_file_bytes + 1024 * 1024},
     )
     return app

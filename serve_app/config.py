@@ -376,6 +376,43 @@ class StoreConfig(StrictConfig):
         validate_default=True,
         description="SQLite file; a relative path is taken from the directory `first` runs in.",
     )
+    files_dir: AbsolutePath = Field(
+        Path(".first/files"),
+        validate_default=True,
+        description="Contents of uploaded files and batch results.",
+    )
+
+
+class BatchConfig(StrictConfig):
+    """The Files and Batches API: what an upload may hold, and how batches are looked after."""
+
+    max_file_bytes: int = Field(
+        200 * 1024 * 1024, ge=1024, description="Largest input file (OpenAI's limit: 200 MB)."
+    )
+    max_lines: int = Field(
+        50_000, ge=1, description="Most requests in one input file (OpenAI's limit)."
+    )
+    poll_interval_s: float = Field(
+        2.0, gt=0, description="How often a running batch's results are collected from its site."
+    )
+    lease_s: float = Field(
+        20.0,
+        gt=0,
+        description="A gateway process that stops renewing a batch's lease this long (it "
+        "died) lets another take the batch over.",
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Ray jobs tried for one batch when one is lost (its cluster went away); "
+        "each runs only the lines still unanswered.",
+    )
+    stage_part_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Input sent to the site per control-channel call (Globus Compute caps "
+        "a task's payload at 10 MB).",
+    )
 
 
 class LedgerConfig(StrictConfig):
@@ -405,6 +442,7 @@ class FederationConfig(StrictConfig):
     )
     store: StoreConfig = Field(default_factory=StoreConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
     sites: list[FederatedSiteConfig] = Field(min_length=1)
 
     @field_validator("sites")

@@ -85,6 +85,13 @@ class ModelNotFoundError(GatewayError):
     code = "model_not_found"
 
 
+class NotFoundError(GatewayError):
+    """A file or batch that does not exist, or is not the caller's."""
+
+    status = 404
+    code = "not_found"
+
+
 class SiteNotFoundError(GatewayError):
     status = 404
     code = "site_not_found"
@@ -93,6 +100,11 @@ class SiteNotFoundError(GatewayError):
 class PayloadTooLargeError(GatewayError):
     status = 413
     code = "payload_too_large"
+
+
+class ConflictError(GatewayError):
+    status = 409
+    code = "conflict"
 
 
 class UnsupportedMediaTypeError(GatewayError):
@@ -138,7 +150,8 @@ DOCUMENTED_ERRORS = {
     400: "Malformed request: not JSON, a missing or invalid field.",
     401: "Missing, malformed, expired or unknown credential (API key or Globus token).",
     403: "The credential is valid but the policy does not allow this caller or model.",
-    404: "Unknown model, site or route.",
+    404: "Unknown model, site, file, batch or route.",
+    409: "The file is the input of a batch still running.",
     413: "Request body larger than the gateway accepts.",
     415: "Request body is not application/json.",
     429: "Over a request or token limit; see Retry-After.",

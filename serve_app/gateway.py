@@ -122,9 +122,9 @@ class Gateway:
         for card in self.models(caller, site).data:
             if card.id == model_id:
                 return card
-        raise self._unknown_model(caller, model_id, site)
+        raise self.unknown_model(caller, model_id, site)
 
-    def _unknown_model(self, caller: Principal, model: str, site: str | None) -> ModelNotFoundError:
+    def unknown_model(self, caller: Principal, model: str, site: str | None) -> ModelNotFoundError:
         served = {m for state in self._sites_for(site) for m in state.models}
         known = sorted(m for m in served if self.policy.may_use(caller, m))
         where = f" on site {site!r}" if site else ""
@@ -160,7 +160,7 @@ class Gateway:
         """Sites to try for `model`, best first; 404 if none serves it, 503 if none can now."""
         states = [s for s in self._sites_for(site) if model in s.models]
         if not states:
-            raise self._unknown_model(caller, model, site)
+            raise self.unknown_model(caller, model, site)
         now = time.monotonic()
         candidates = [c for s in states if (c := s.candidate(model, now)) is not None]
         if not candidates:
@@ -172,9 +172,7 @@ class Gateway:
         ordered = self.placer.order(candidates)
         return [c.site for c in ordered[: self.config.placement.max_attempts]]
 
-    async def _placement_or_cold_start(
-        self, caller: Principal, model: str, site: str | None
-    ) -> list[str]:
+    async def place(self, caller: Principal, model: str, site: str | None) -> list[str]:
         """Sites to try; when none runs the model but a Slurm site can start it, start it."""
         try:
             return self.placement_order(caller, model, site)
@@ -205,7 +203,7 @@ class Gateway:
 
             async def place_and_forward() -> Response:
                 # A caller held through a cold start may leave; the hold ends with it.
-                order = await self._placement_or_cold_start(caller, model, site)
+                order = await self.place(caller, model, site)
                 return await self.forwarder.forward(path, payload, request_id, order, meter)
 
             response = await until_disconnected(request, place_and_forward())

@@ -30,9 +30,17 @@ REQUEST_ID_HEADER = b"x-request-id"
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, echo_request_id: bool = True):
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        echo_request_id: bool = True,
+        upload_limits: dict[str, int] | None = None,
+    ):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Paths that take larger bodies (file uploads), and how large.
+        self.upload_limits = upload_limits or {}
         # Serve's HTTP proxy already puts the id (the same one) on every response.
         self.echo_request_id = echo_request_id
 
@@ -62,11 +70,12 @@ class RequestContextMiddleware:
             declared = int(headers.get(b"content-length", b"0") or 0)
         except ValueError:
             declared = 0
-        if declared > self.max_body_bytes:
-            await self._refuse(send_with_id, PayloadTooLargeError(self._too_large))
+        limit = self.upload_limits.get(scope.get("path", ""), self.max_body_bytes)
+        if declared > limit:
+            await self._refuse(send_with_id, PayloadTooLargeError(_too_large(limit)))
             return
         try:
-            await self.app(scope, self._limited(receive), send_with_id)
+            await self.app(scope, self._limited(receive, limit), send_with_id)
         except Exception:
             logger.exception("unhandled error in request %s", request_id)
             if started:
@@ -74,15 +83,11 @@ class RequestContextMiddleware:
             message = f"The gateway failed to process the request (request id {request_id})."
             await _send_error(send_with_id, 500, error_body(message, 500))
 
-    @property
-    def _too_large(self) -> str:
-        return f"The request body is larger than {self.max_body_bytes} bytes."
-
     async def _refuse(self, send: Send, error: GatewayError) -> None:
         body = error_body(error.message, error.status, error.param, error.code)
         await _send_error(send, error.status, body)
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, limit: int) -> Receive:
         seen = 0
 
         async def receive_limited() -> Message:
@@ -90,12 +95,16 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body_bytes:
+                if seen > limit:
                     # FastAPI turns any other exception while reading a body into a 400.
-                    raise HTTPException(413, detail=self._too_large)
+                    raise HTTPException(413, detail=_too_large(limit))
             return message
 
         return receive_limited
+
+
+def _too_large(limit: int) -> str:
+    return f"The request body is larger than {limit} bytes."
 
 
 async def _send_error(send: Send, status: int, body: dict) -> None:

@@ -108,6 +108,23 @@ CREATE TABLE IF NOT EXISTS usage (
 CREATE INDEX IF NOT EXISTS usage_user_time ON usage (user, time);
 """
 _USAGE_FIELDS = tuple(UsageRecord.model_fields)
+
+
+@contextmanager
+def connect(path: Path) -> Iterator[sqlite3.Connection]:
+    """One transaction on the store file: committed on success, rolled back on error.
+
+    A connection per operation: lookups run on any worker thread, and
+    opening one costs tens of microseconds next to a cache miss.
+    """
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        with db:
+            yield db
+    finally:
+        db.close()
+
+
 _KEY_FIELDS = "key_id, user, groups, created_at, revoked_at"
 
 
@@ -124,16 +141,8 @@ class SqliteStore:
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store {path}: {exc}") from None
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # A connection per operation: lookups run on any worker thread, and
-        # opening one costs tens of microseconds next to a cache miss.
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
+    def _connect(self):
+        return connect(self.path)
 
     # -- keys ---------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 
 from serve_app.auth import Authenticator
+from serve_app.batches import BatchService
 from serve_app.gateway import Gateway
 from serve_app.policy import Principal
 
@@ -41,3 +42,11 @@ PINNED_PREFIX = "/sites/{site}"
 
 GatewayDep = Annotated[Gateway, Depends(gateway_of)]
 CallerDep = Annotated[Principal, Depends(caller_of)]
+
+
+async def batches_of(request: Request) -> BatchService:
+    """The replica's Files and Batches service, built by the app's lifespan."""
+    return request.app.state.batches
+
+
+BatchesDep = Annotated[BatchService, Depends(batches_of)]

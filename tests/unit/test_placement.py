@@ -102,7 +102,11 @@ def test_random_uses_every_site():
 
 def _site_state() -> SiteState:
     federation = FederationConfig.model_validate(
-        {"sites": [{"name": "s", "site": {"name": "s", "models": [{"id": "m", "engine": "simulated"}]}}]}
+        {
+            "sites": [
+                {"name": "s", "site": {"name": "s", "models": [{"id": "m", "engine": "simulated"}]}}
+            ]
+        }
     )
     return SiteState(federation.sites[0], federation)
 
