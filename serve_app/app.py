@@ -64,7 +64,7 @@ def build_app(
         )
         await gateway.start()
         app.state.gateway = gateway
-        batch_store = SqliteBatchStore(config.store.path, config.store.files_dir)
+        batch_store = SqliteBatchStore(config.store.path, config.store.files_path)
         app.state.batches = BatchService(batch_store, config.batch, gateway)
         supervisor = BatchSupervisor(app.state.batches, channels)
         supervisor.start()

@@ -130,6 +130,7 @@ class BatchRecord(BatchObject):
     """A batch as the store keeps it: the wire object and how it is being run."""
 
     owner: str
+    credential: Literal["api-key", "globus", "anonymous"] = "api-key"
     groups: list[str] = Field(default_factory=list, description="The owner's, at creation.")
     site: str | None = None
     attempt: int = Field(0, description="Ray jobs submitted so far (one per attempt).")

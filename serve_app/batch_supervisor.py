@@ -49,6 +49,7 @@ from serve_app.control_channel import ControlChannel
 from serve_app.errors import GatewayError, ModelStartingError, NoSiteAvailableError
 from serve_app.gateway import Gateway
 from serve_app.policy import Principal
+from serve_app.store import UsageRecord
 
 logger = logging.getLogger(__name__)
 CHANNEL_TIMEOUT_S = 120.0
@@ -137,7 +138,7 @@ class BatchSupervisor:
         if not lines or batch.model is None:
             await self._finalize(batch, "completed")
             return
-        owner = Principal(user=batch.owner, credential="api-key", groups=frozenset(batch.groups))
+        owner = Principal(batch.owner, batch.credential, groups=frozenset(batch.groups))
         try:
             site = (await self.gateway.place(owner, batch.model, None))[0]
         except (ModelStartingError, NoSiteAvailableError) as exc:
@@ -283,6 +284,7 @@ class BatchSupervisor:
             if not await self._save(batch, unanswered):
                 return
         completed, failed = await asyncio.to_thread(self.store.result_counts, batch.id)
+        await asyncio.to_thread(self._account, batch)
         batch.output_file_id = await asyncio.to_thread(self._write_file, batch, "output")
         batch.error_file_id = await asyncio.to_thread(self._write_file, batch, "error")
         batch.request_counts = BatchRequestCounts(
@@ -295,6 +297,35 @@ class BatchSupervisor:
             self._steps.pop(batch.id, None)
             self._unreachable.pop(batch.id, None)
             logger.info("batch %s %s: %d done, %d failed", batch.id, outcome, completed, failed)
+
+    def _account(self, batch: BatchRecord) -> None:
+        """One usage record per line that ran, as for an interactive request."""
+        ledger = self.gateway.ledger
+        if ledger is None:
+            return
+        now = time.time()
+        for kind in ("output", "error"):
+            for raw in self.store.results(batch.id, kind):
+                line = json.loads(raw)
+                response = line.get("response")
+                if not response or response.get("request_id") is None:
+                    continue  # answered by the gateway itself, or never ran
+                usage = (response.get("body") or {}).get("usage") or {}
+                ledger.record(
+                    UsageRecord(
+                        time=now,
+                        request_id=response["request_id"],
+                        user=batch.owner,
+                        credential=batch.credential,
+                        route=f"batch:{batch.endpoint}",
+                        model=batch.model or "",
+                        site=batch.site,
+                        status=response["status_code"],
+                        prompt_tokens=usage.get("prompt_tokens") or 0,
+                        completion_tokens=usage.get("completion_tokens") or 0,
+                        latency_s=0.0,
+                    )
+                )
 
     def _never_ran(self, batch: BatchRecord, outcome: str) -> list[BatchResult]:
         answered = self.store.answered_lines(batch.id)

@@ -159,6 +159,7 @@ class BatchService:
             request_counts=BatchRequestCounts(total=source.lines),
             metadata=request.metadata,
             owner=caller.user,
+            credential=caller.credential,
             groups=sorted(caller.groups),
         )
         await asyncio.to_thread(self.store.add_batch, record, errors)

@@ -15,6 +15,7 @@ import click
 
 from deployments.config_loading import ConfigError, load_config
 from deployments.site_config import SiteConfig
+from serve_app.cli_batch import batch
 
 
 def _echo(message: str) -> None:
@@ -531,3 +532,6 @@ def build_tiny(out: str, seed: int) -> None:
 
     path = build_tiny_model(Path(out), seed=seed)
     _echo(f"tiny model written to {path} (sha256 {model_fingerprint(path)[:12]})")
+
+
+main.add_command(batch)

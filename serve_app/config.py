@@ -368,7 +368,8 @@ class LimitsConfig(StrictConfig):
 
 
 class StoreConfig(StrictConfig):
-    """Where API keys and the usage ledger live: one SQLite file shared by the replicas."""
+    """Where API keys, the usage ledger, files and batches live: one SQLite file shared by
+    the replicas, and a folder for file contents."""
 
     kind: Literal["sqlite"] = "sqlite"
     path: AbsolutePath = Field(
@@ -376,11 +377,15 @@ class StoreConfig(StrictConfig):
         validate_default=True,
         description="SQLite file; a relative path is taken from the directory `first` runs in.",
     )
-    files_dir: AbsolutePath = Field(
-        Path(".first/files"),
-        validate_default=True,
-        description="Contents of uploaded files and batch results.",
+    files_dir: AbsolutePath | None = Field(
+        None,
+        description="Contents of uploaded files and batch results (default: `files` beside "
+        "the SQLite file).",
     )
+
+    @property
+    def files_path(self) -> Path:
+        return self.files_dir or self.path.parent / "files"
 
 
 class BatchConfig(StrictConfig):

@@ -11,6 +11,7 @@ the model answers once its job is ready. The hot-node keeper runs as
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import threading
 import time
@@ -230,6 +231,42 @@ def test_scancel_stops_routing_and_the_next_request_starts_the_model_again(slurm
     )
     assert answer.choices[0].message.content
     slurm_gateway.slurm("stop", COLD)  # frees the CPU for the jobs of the next tests
+
+
+def test_a_batch_for_a_stopped_model_starts_it_through_slurm_and_runs_in_its_job(slurm_gateway):
+    slurm_gateway.wait_for_state(COLD, {"stopped"}, 60)
+    jobs_before = submitted_jobs(COLD)
+    client = slurm_gateway.client(timeout=60)
+    lines = [
+        json.dumps(
+            {
+                "custom_id": f"c{i}",
+                "method": "POST",
+                "url": "/v1/completions",
+                "body": {"model": COLD, "prompt": f"Number {i}", "max_tokens": 4},
+            }
+        )
+        for i in range(20)
+    ]
+    source = client.files.create(file=("in.jsonl", "\n".join(lines).encode()), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=source.id, endpoint="/v1/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while batch.status not in ("completed", "failed", "cancelled", "expired"):
+        assert time.monotonic() < deadline, batch
+        time.sleep(1.0)
+        batch = client.batches.retrieve(batch.id)
+
+    assert batch.status == "completed", batch
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (20, 0)
+    outputs = client.files.content(batch.output_file_id).text.splitlines()
+    assert sorted(json.loads(line)["custom_id"] for line in outputs) == sorted(
+        f"c{i}" for i in range(20)
+    )
+    # One job started the model; the batch ran in it as a Ray job.
+    assert len(submitted_jobs(COLD)) == len(jobs_before) + 1
+    slurm_gateway.slurm("stop", COLD)
 
 
 def test_a_job_that_dies_while_starting_is_reported_with_its_log_and_not_retried_forever(
