@@ -20,7 +20,7 @@ LITELLM_VENV := .first/litellm-venv
 LITELLM_VERSION := 1.108.7
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
 
-.PHONY: install dev-slurm run run-slurm test test-fast lint format bench bench-gateway bench-auth bench-cold-start clean
+.PHONY: install dev-slurm run run-slurm test test-fast lint format bench bench-gateway bench-auth bench-cold-start bench-batch clean
 
 install: $(STAMP)
 
@@ -84,6 +84,9 @@ bench-auth: install
 
 bench-cold-start: install dev-slurm $(TINY_MODEL)/config.json
 	$(BIN)/python -m bench.cold_start_bench --out bench/results/cold_start.json
+
+bench-batch: install $(TINY_MODEL)/config.json
+	$(BIN)/python -m bench.batch_bench --out bench/results/batch.json
 
 clean:
 	rm -rf $(VENV) .first .pytest_cache

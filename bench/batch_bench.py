@@ -91,7 +91,10 @@ async def interactive(url: str, requests: list[dict], concurrency: int) -> dict:
         nonlocal tokens, failures
         for body in pending:
             try:
-                response = await client.chat.completions.create(**body)
+                fields = {k: v for k, v in body.items() if k != "ignore_eos"}
+                response = await client.chat.completions.create(
+                    **fields, extra_body={"ignore_eos": True}
+                )
                 tokens += response.usage.completion_tokens
             except openai.APIError:
                 failures += 1

@@ -123,31 +123,23 @@ def site_body(line: BatchInputLine) -> OpenAIModel:
 
 def error_result(index: int, custom_id: str, error: GatewayError) -> BatchResult:
     """An error-file line for a request the gateway answered itself, shaped like a site's."""
-    return BatchResult(
-        index=index,
-        kind="error",
-        line={
-            "id": f"batch_req_{secrets.token_hex(12)}",
-            "custom_id": custom_id,
-            "response": {
-                "status_code": error.status,
-                "request_id": None,
-                "body": error_body(error.message, error.status, error.param, error.code),
-            },
-            "error": None,
-        },
-    )
+    body = error_body(error.message, error.status, error.param, error.code)
+    response = {"status_code": error.status, "request_id": None, "body": body}
+    return _error_line(index, custom_id, response, None)
 
 
 def unanswered_result(index: int, custom_id: str, code: str, message: str) -> BatchResult:
     """An error-file line for a request that never ran (the batch expired or failed first)."""
-    return BatchResult(
-        index=index,
-        kind="error",
-        line={
-            "id": f"batch_req_{secrets.token_hex(12)}",
-            "custom_id": custom_id,
-            "response": None,
-            "error": {"code": code, "message": message},
-        },
-    )
+    return _error_line(index, custom_id, None, {"code": code, "message": message})
+
+
+def _error_line(
+    index: int, custom_id: str, response: dict | None, error: dict | None
+) -> BatchResult:
+    line = {
+        "id": f"batch_req_{secrets.token_hex(12)}",
+        "custom_id": custom_id,
+        "response": response,
+        "error": error,
+    }
+    return BatchResult(index=index, kind="error", line=line)

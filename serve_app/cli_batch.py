@@ -55,6 +55,16 @@ _KEY = click.option(
 )
 
 
+def _out(help_text: str):
+    return click.option(
+        "--out",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("."),
+        show_default=True,
+        help=help_text,
+    )
+
+
 @click.group()
 def batch() -> None:
     """Run a JSONL file of requests as a batch (OpenAI's Batch API) and fetch the results."""
@@ -94,13 +104,7 @@ def prepare_lines(path: Path, model: str | None, endpoint: str) -> bytes:
     help="For lines without a `url`.",
 )
 @click.option("--wait", is_flag=True, help="Follow the batch with a progress bar, then download.")
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="With --wait: where the output and error files go.",
-)
+@_out("With --wait: where the output and error files go.")
 @_URL
 @_KEY
 def submit(  # noqa: PLR0913 (click options)
@@ -190,13 +194,7 @@ def cancel(batch_id: str, url: str, api_key: str | None) -> None:
 
 @batch.command("download")
 @click.argument("batch_id")
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="Folder for BATCH_output.jsonl and BATCH_error.jsonl.",
-)
+@_out("Folder for BATCH_output.jsonl and BATCH_error.jsonl.")
 @_URL
 @_KEY
 def download(batch_id: str, out: Path, url: str, api_key: str | None) -> None:

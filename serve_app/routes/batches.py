@@ -29,7 +29,7 @@ class FileListQuery(BaseModel):
     order: Literal["asc", "desc"] = "desc"
 
 
-ERRORS = documented_errors(400, 401, 403, 404, 409, 413, 415, 500)
+ERRORS = documented_errors(400, 401, 403, 404, 409, 413, 415, 500, 503)
 UPLOAD_FORM = {
     "requestBody": {
         "required": True,
