@@ -114,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-url", required=True, help="The site's (or job's) Serve URL.")
     parser.add_argument("--endpoint", required=True, help="/v1/chat/completions and so on.")
-    parser.add_argument("--concurrency", type=int, default=64, help="Requests in flight.")
+    parser.add_argument("--concurrency", type=int, default=256, help="Requests in flight.")
     parser.add_argument("--retries", type=int, default=3, help="Tries again after a 429/5xx.")
     parser.add_argument("--timeout-s", type=float, default=900.0, help="One request, at most.")
     asyncio.run(_main(parser.parse_args()))

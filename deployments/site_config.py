@@ -295,11 +295,12 @@ class BatchSiteConfig(StrictConfig):
     """How batches run here: a Ray job per batch sends its lines to the model's deployment."""
 
     concurrency: int = Field(
-        64,
+        256,
         ge=1,
         le=4096,
         description="Requests of one batch in flight at once: enough to keep the engine's "
-        "batches full (a few times its max_num_seqs across replicas).",
+        "batches full (vLLM's max_num_seqs is 256 on GPUs), with some queued in Serve so "
+        "the engine never waits for the next request.",
     )
     retries: int = Field(3, ge=0, description="Tries again for a line answered 429 or 5xx.")
     request_timeout_s: float = Field(900.0, gt=0, description="One line's request, at most.")

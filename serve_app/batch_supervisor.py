@@ -55,6 +55,9 @@ logger = logging.getLogger(__name__)
 CHANNEL_TIMEOUT_S = 120.0
 # Polls in a row that find a job's cluster unreachable before the job counts as lost.
 UNREACHABLE_POLLS = 5
+# A poll reads the job's whole log, which grows with the batch: polls are spaced so
+# that reading takes at most this share of the time (a 50,000-line batch's log is tens of MB).
+POLL_SHARE = 0.05
 
 
 class BatchSupervisor:
@@ -71,6 +74,7 @@ class BatchSupervisor:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._steps: dict[str, asyncio.Task] = {}
         self._unreachable: dict[str, int] = {}
+        self._next_poll: dict[str, float] = {}  # batch id -> monotonic time
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -125,7 +129,9 @@ class BatchSupervisor:
             return
         if batch.status == "validating":
             await self._start(batch)
-        elif batch.status in ("in_progress", "cancelling"):
+        elif batch.status == "cancelling" or (
+            batch.status == "in_progress" and time.monotonic() >= self._next_poll.get(batch.id, 0.0)
+        ):
             await self._collect(batch)
         elif batch.status == "finalizing":
             await self._finalize(batch, "completed")
@@ -138,22 +144,25 @@ class BatchSupervisor:
         if not lines or batch.model is None:
             await self._finalize(batch, "completed")
             return
-        owner = Principal(batch.owner, batch.credential, groups=frozenset(batch.groups))
-        try:
-            site = (await self.gateway.place(owner, batch.model, None))[0]
-        except (ModelStartingError, NoSiteAvailableError) as exc:
-            logger.info("batch %s waits for %s: %s", batch.id, batch.model, exc.message)
-            return
-        except GatewayError as exc:  # the model cannot be started there
-            await self._fail(batch, exc.code or "no_site", exc.message)
-            return
-        if batch.submission_id is None or batch.site != site:
+        if batch.submission_id is None:
+            # A new attempt. One with an id already (this or another process got as far
+            # as staging or submitting it) goes on where it was: it may be running.
+            owner = Principal(batch.owner, batch.credential, groups=frozenset(batch.groups))
+            try:
+                site = (await self.gateway.place(owner, batch.model, None))[0]
+            except (ModelStartingError, NoSiteAvailableError) as exc:
+                logger.info("batch %s waits for %s: %s", batch.id, batch.model, exc.message)
+                return
+            except GatewayError as exc:  # the model cannot be started there
+                await self._fail(batch, exc.code or "no_site", exc.message)
+                return
             batch.attempt += 1
             batch.site = site
             batch.submission_id = f"first-{batch.id}-{batch.attempt}"
             batch.log_seq = 0
             if not await self._save(batch):
                 return
+        site = batch.site
         parts = _parts(lines, self.config.stage_part_bytes)
         config = self.gateway.config.site(site).site_config.model_dump(mode="json")
         for number, part in enumerate(parts):
@@ -170,6 +179,8 @@ class BatchSupervisor:
             )
         except LookupError as exc:  # a Slurm job ended between placement and submission
             logger.info("batch %s: %s; placing it again", batch.id, exc)
+            batch.submission_id, batch.attempt = None, batch.attempt - 1  # it never started
+            await self._save(batch)
             return
         batch.dashboard_url = submitted["dashboard_url"]
         batch.status = "in_progress"
@@ -205,6 +216,7 @@ class BatchSupervisor:
                 await self._finalize(batch, "cancelled")
             return
         while True:
+            started = time.monotonic()
             answer = await self._call(
                 batch.site,
                 batch_jobs.poll,
@@ -212,6 +224,8 @@ class BatchSupervisor:
                 batch.submission_id,
                 batch.log_seq,
             )
+            took = time.monotonic() - started
+            self._next_poll[batch.id] = started + took / POLL_SHARE
             results = [BatchResult.model_validate(r) for r in answer["results"]]
             if results:
                 batch.log_seq = answer["results"][-1]["seq"]
@@ -296,6 +310,7 @@ class BatchSupervisor:
             await asyncio.to_thread(self.store.delete_results, batch.id)
             self._steps.pop(batch.id, None)
             self._unreachable.pop(batch.id, None)
+            self._next_poll.pop(batch.id, None)
             logger.info("batch %s %s: %d done, %d failed", batch.id, outcome, completed, failed)
 
     def _account(self, batch: BatchRecord) -> None:

@@ -204,6 +204,9 @@ def local_site_for_tests(model_dir: Path) -> dict:
     # Every token in its own chunk, so streaming tests see several chunks.
     for model in site["models"]:
         model["stream_interval_ms"] = 0
+    # Batches keep fewer requests in flight than a replica's autoscaling target, so
+    # the batch tests do not scale the shared model up under the tests that follow.
+    site["batch"] = {"concurrency": 16}
     return site
 
 

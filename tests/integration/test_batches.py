@@ -140,7 +140,7 @@ def test_a_batch_survives_its_gateway_being_killed_and_nothing_is_duplicated(
     url = gateway.wait_ready(60)
     key = make_key(tmp_path / "federation.yaml", "restart-tester", [MEMBERS])
     client = stack.client(key, url=url, timeout=60)
-    count = 240
+    count = 160
     batch = client.batches.create(
         input_file_id=upload(client, long_batch(count)), endpoint=CHAT, completion_window="24h"
     )
