@@ -25,7 +25,7 @@ from serve_app.gateway import Gateway
 from serve_app.ledger import UsageLedger
 from serve_app.middleware import RequestContextMiddleware
 from serve_app.ratelimit import LocalRateLimiter, NoRateLimiter, RateLimiter
-from serve_app.routes import batches, health, whoami
+from serve_app.routes import batches, health, usage, whoami
 from serve_app.routes.inference import build_inference_router
 from serve_app.routes.models import build_models_router
 from serve_app.settings import Settings
@@ -56,6 +56,7 @@ def build_app(
         environment = settings or Settings.from_environment()
         channels = build_channels(config, environment)
         store = build_store(config.store)
+        app.state.store = store
         ledger = UsageLedger(store, config.ledger) if config.ledger.enabled else None
         chosen = limiter or (LocalRateLimiter(config.limits) if config.limits else NoRateLimiter())
         gateway = Gateway(config, channels, chosen, ledger)
@@ -86,6 +87,7 @@ def build_app(
     app.include_router(health.router)
     app.include_router(whoami.router)
     app.include_router(batches.router)
+    app.include_router(usage.router)
     for pinned in (False, True):
         app.include_router(build_models_router(pinned))
         app.include_router(build_inference_router(pinned))

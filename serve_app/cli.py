@@ -477,6 +477,45 @@ def keys_revoke(config_path: str, key_id: str) -> None:
     _echo(f"key {key.key_id} of {key.user} is revoked")
 
 
+@main.command("usage")
+@_FEDERATION_OPTION
+@click.option("--since", default="7d", show_default=True, help="30m, 24h, 7d, 2w or an ISO date.")
+@click.option("--until", default=None, help="Same forms (default: now).")
+@click.option(
+    "--by",
+    type=click.Choice(["user", "model", "site", "route", "day"]),
+    default="user",
+    show_default=True,
+)
+@click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout instead of a table.")
+def usage_command(config_path: str, since: str, until: str | None, by: str, as_csv: bool) -> None:
+    """Requests, errors and tokens per user, model, site, route or day, from the usage ledger."""
+    import csv
+    import sys
+
+    from serve_app.usage_report import PeriodError, usage_report
+
+    try:
+        report = usage_report(_store_of(config_path), since, until, by, time.time())
+    except PeriodError as exc:
+        raise click.ClickException(str(exc)) from None
+    columns = ["requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens"]
+    if as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow([by, *columns])
+        for row in report.data:
+            writer.writerow([row.key, *(getattr(row, c) for c in columns)])
+        return
+    start, end = (
+        time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) for t in (report.since, report.until)
+    )
+    _echo(f"usage from {start} to {end} UTC, by {by}")
+    width = max([len(by), *(len(row.key) for row in report.data)])
+    click.echo(f"{by.upper():<{width}} " + " ".join(f"{c.upper():>17}" for c in columns))
+    for row in report.data:
+        click.echo(f"{row.key:<{width}} " + " ".join(f"{getattr(row, c):>17}" for c in columns))
+
+
 @main.group()
 def keeper() -> None:
     """The hot-node keeper: keeps Slurm sites' hot models allocated, grows and shrinks them."""

@@ -324,10 +324,14 @@ class PolicyConfig(StrictConfig):
     models: dict[str, ModelAccessConfig] = Field(
         default_factory=dict, description="Models restricted to some groups, by model id."
     )
+    admin_groups: list[str] = Field(
+        default_factory=list,
+        description="Members of these groups may read everyone's usage (GET /v1/usage).",
+    )
 
     @property
     def uses_groups(self) -> bool:
-        return bool(self.groups or self.models)
+        return bool(self.groups or self.models or self.admin_groups)
 
 
 class UserLimitsConfig(StrictConfig):

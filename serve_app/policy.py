@@ -59,6 +59,12 @@ class Policy:
                 f"{caller.user} is not a member of a group allowed to use this service."
             )
 
+    def require_admin(self, caller: Principal) -> None:
+        if not set(self.config.admin_groups) & caller.groups:
+            raise PermissionDeniedError(
+                f"{caller.user} is not a member of a group allowed to read usage reports."
+            )
+
     def may_use(self, caller: Principal, model: str) -> bool:
         access = self.config.models.get(model)
         return access is None or bool(caller.groups & set(access.groups))

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from serve_app.config import StoreConfig
 
@@ -56,6 +56,20 @@ class UsageRecord(BaseModel):
     completion: str | None = None
 
 
+UsageGrouping = Literal["user", "model", "site", "route", "day"]
+
+
+class UsageSummary(BaseModel):
+    """Usage of one user, model, site, route or UTC day over a period."""
+
+    key: str = Field(description="The user, model, site, route or day (YYYY-MM-DD, UTC).")
+    requests: int
+    errors: int = Field(description="Requests answered with a 4xx or 5xx status.")
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
 class StoreError(RuntimeError):
     """A store operation that cannot be done; the message is for the user."""
 
@@ -71,6 +85,9 @@ class KeyStore(Protocol):
 class UsageStore(Protocol):
     def append_usage(self, records: Iterable[UsageRecord]) -> None: ...
     def usage(self, user: str | None = None) -> list[UsageRecord]: ...
+    def usage_summary(
+        self, since: float, until: float, by: UsageGrouping
+    ) -> list[UsageSummary]: ...
 
 
 def new_api_key() -> str:
@@ -211,6 +228,38 @@ class SqliteStore:
         with self._connect() as db:
             rows = db.execute(query + " ORDER BY time", args).fetchall()
         return [UsageRecord(**dict(zip(_USAGE_FIELDS, row, strict=True))) for row in rows]
+
+    def usage_summary(self, since: float, until: float, by: UsageGrouping) -> list[UsageSummary]:
+        """Requests, errors and tokens per `by` in [since, until), most tokens first."""
+        key = _USAGE_KEYS[by]
+        with self._connect() as db:
+            rows = db.execute(
+                f"SELECT {key} AS key, COUNT(*), SUM(status >= 400), SUM(prompt_tokens), "
+                "SUM(completion_tokens) FROM usage WHERE time >= ? AND time < ? "
+                "GROUP BY key ORDER BY SUM(prompt_tokens + completion_tokens) DESC, key",
+                (since, until),
+            ).fetchall()
+        return [
+            UsageSummary(
+                key=key,
+                requests=requests,
+                errors=errors,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                total_tokens=prompt + completion,
+            )
+            for key, requests, errors, prompt, completion in rows
+        ]
+
+
+# SQL for each grouping of the usage summary (fixed strings: never user input).
+_USAGE_KEYS: dict[str, str] = {
+    "user": "user",
+    "model": "model",
+    "site": "COALESCE(site, '-')",
+    "route": "route",
+    "day": "date(time, 'unixepoch')",
+}
 
 
 def _key(row: tuple) -> ApiKey:

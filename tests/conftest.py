@@ -48,6 +48,7 @@ GLOBUS_CLIENT_SECRET = "gateway-secret"
 GLOBUS_SCOPE = f"https://auth.globus.org/scopes/{GLOBUS_CLIENT_ID}/inference"
 MEMBERS = str(uuid.uuid5(uuid.NAMESPACE_URL, "first-members"))  # may use the gateway
 INSIDERS = str(uuid.uuid5(uuid.NAMESPACE_URL, "first-insiders"))  # may also use sim-llama
+ADMINS = str(uuid.uuid5(uuid.NAMESPACE_URL, "first-admins"))  # may read everyone's usage
 ALLOWED_DOMAIN = "uni.example.edu"
 OTHER_IDP = str(uuid.uuid5(uuid.NAMESPACE_URL, "other-idp"))
 UNI_IDP = str(uuid.uuid5(uuid.NAMESPACE_URL, "uni-idp"))
@@ -66,6 +67,7 @@ def access_config(store_path: Path) -> dict:
             "identity_domains": [ALLOWED_DOMAIN],
             "groups": [MEMBERS],
             "models": {RESTRICTED_MODEL: {"groups": [INSIDERS]}},
+            "admin_groups": [ADMINS],
         },
         "limits": {
             "requests_per_s": 1000,

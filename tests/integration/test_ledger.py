@@ -3,6 +3,8 @@ no credential anywhere, nothing lost on a clean shutdown."""
 
 from __future__ import annotations
 
+import csv
+import subprocess
 import uuid
 
 import openai
@@ -10,6 +12,8 @@ import pytest
 
 from serve_app.store import SqliteStore
 from tests.conftest import (
+    ADMINS,
+    FIRST,
     INSIDERS,
     MEMBERS,
     SIMULATED_MODEL,
@@ -128,3 +132,37 @@ def test_a_clean_shutdown_writes_every_record(stack, globus_auth, tmp_path):
 
 
 pytestmark = pytest.mark.slow
+
+
+def test_first_usage_and_the_usage_route_sum_the_ledger(stack):
+    user = f"report-{uuid.uuid4().hex[:8]}"
+    client = stack.client(stack.key(user))
+    answers = [
+        client.chat.completions.create(model=VLLM_MODEL, messages=HELLO, max_tokens=3)
+        for _ in range(3)
+    ]
+    records_of(stack.store_path, user, 3)
+    tokens = sum(a.usage.prompt_tokens + a.usage.completion_tokens for a in answers)
+
+    result = subprocess.run(
+        [FIRST, "usage", "--config", str(stack.federation_path), "--since", "1h", "--csv"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {row["user"]: row for row in csv.DictReader(result.stdout.splitlines())}
+    assert (rows[user]["requests"], rows[user]["errors"]) == ("3", "0")
+    assert int(rows[user]["total_tokens"]) == tokens
+
+    with stack.http(stack.key("usage-admin", [MEMBERS, ADMINS])) as admin:
+        report = admin.get("/v1/usage", params={"since": "1h", "by": "user"})
+        assert report.status_code == 200, report.text
+        mine = {row["key"]: row for row in report.json()["data"]}[user]
+        assert (mine["requests"], mine["total_tokens"]) == (3, tokens)
+        bad = admin.get("/v1/usage", params={"since": "last week"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
+    with stack.http(stack.key(user)) as member:
+        refused = member.get("/v1/usage")
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "permission_denied"
