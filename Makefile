@@ -20,7 +20,7 @@ LITELLM_VENV := .first/litellm-venv
 LITELLM_VERSION := 1.108.7
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
 
-.PHONY: install dev-slurm run run-slurm test test-fast lint format bench bench-gateway bench-auth bench-cold-start bench-batch clean
+.PHONY: install dev-slurm prometheus run run-slurm monitor test test-fast lint format bench bench-gateway bench-auth bench-cold-start bench-batch bench-metrics clean
 
 install: $(STAMP)
 
@@ -44,6 +44,10 @@ $(TINY_MODEL)/config.json: | $(STAMP)
 dev-slurm:
 	scripts/dev-slurm.sh install
 
+# Prometheus and promtool (Debian package), for `make monitor` and the monitoring tests.
+prometheus:
+	scripts/install-prometheus.sh
+
 run: install $(TINY_MODEL)/config.json
 	$(BIN)/first gateway up --config $(FEDERATION_CONFIG) --with-key "$${USER:-local}"
 
@@ -51,10 +55,15 @@ run: install $(TINY_MODEL)/config.json
 run-slurm: install dev-slurm $(TINY_MODEL)/config.json
 	scripts/run-slurm.sh
 
-test: install dev-slurm
+# Prometheus against the stack `make run` started (run it in a second terminal).
+MONITOR_PORT ?= 9090
+monitor: install prometheus
+	$(BIN)/first monitor up --config $(FEDERATION_CONFIG) --port $(MONITOR_PORT)
+
+test: install dev-slurm prometheus
 	$(BIN)/pytest
 
-test-fast: install
+test-fast: install prometheus
 	$(BIN)/pytest -m "not slow"
 
 lint: install
@@ -87,6 +96,11 @@ bench-cold-start: install dev-slurm $(TINY_MODEL)/config.json
 
 bench-batch: install $(TINY_MODEL)/config.json
 	$(BIN)/python -m bench.batch_bench --out bench/results/batch.json
+
+bench-metrics: install
+	@command -v wrk >/dev/null || { echo "[make] installing wrk (the load tool)"; \
+		apt-get install -y -q wrk || sudo apt-get install -y -q wrk; }
+	$(BIN)/python -m bench.metrics_bench --out bench/results/metrics.json
 
 clean:
 	rm -rf $(VENV) .first .pytest_cache

@@ -30,20 +30,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from prometheus_client import Counter
-
 from deployments.site_config import ModelConfig, SiteConfig
 from deployments.site_functions import launch, site_status, stop
 from deployments.site_status import JobStatus, ModelStatus, SiteStatus
 from serve_app.config import FederationConfig, KeeperConfig
 from serve_app.control_channel import ControlChannel
+from serve_app.metrics import keeper_decision
 
 logger = logging.getLogger("first.keeper")
-DECISIONS = Counter(
-    "first_keeper_decisions",
-    "Decisions of the hot-node keeper, by site, model, action and reason.",
-    ["site", "model", "action", "reason"],
-)
 Action = Literal["launch", "stop"]
 
 
@@ -255,7 +249,7 @@ class Keeper:
         return decisions
 
     async def _carry_out(self, name: str, site: SiteConfig, decision: Decision) -> None:
-        DECISIONS.labels(name, decision.model, decision.action, decision.reason).inc()
+        keeper_decision(name, decision.model, decision.action, decision.reason)
         what = (
             f"{decision.action} {decision.model} at {name} ({decision.reason}: {decision.detail})"
         )

@@ -169,6 +169,16 @@ def federation_files(workdir: Path, fixed_url: str, ray_temp: str) -> tuple[Path
     return serve_path, standalone_path
 
 
+def start_serve_stack(serve_path: Path, workdir: Path) -> FirstProcess:
+    """`first gateway up` of `federation_files`' Serve-hosted federation, our key registered."""
+    return FirstProcess.start(
+        ["gateway", "up", "--config", str(serve_path), "--with-key", "bench"],
+        workdir,
+        "serve",
+        env={"FIRST_API_KEY": FIRST_KEY},
+    )
+
+
 # LiteLLM refuses to start without a master key, and then wants it on every request.
 LITELLM_KEY = "sk-first-bench-7f3a9c2e5d1b4a6f"
 # Our gateways' API key, registered by `first gateway up --with-key` from FIRST_API_KEY.
@@ -316,12 +326,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script: start, measure, stop
         )
         log("starting the Serve-hosted gateway with the local site (first gateway up)")
         started = time.monotonic()
-        serve = FirstProcess.start(
-            ["gateway", "up", "--config", str(serve_path), "--with-key", "bench"],
-            workdir,
-            "serve",
-            env={"FIRST_API_KEY": FIRST_KEY},
-        )
+        serve = start_serve_stack(serve_path, workdir)
         firsts.append(serve)
         serve_url = serve.wait_ready(600)
         log(f"gateway on Serve ready in {time.monotonic() - started:.0f} s at {serve_url}")

@@ -48,8 +48,12 @@ def site_status(site: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
     return status.model_dump()
 
 
-def _read_serve(client, dashboard: str, app_name: str) -> tuple[str | None, dict, dict]:
-    """Application status, replica counts and (ongoing, queued) per deployment of a Ray cluster."""
+def _read_serve(client, dashboard: str, app_name: str, status) -> tuple[str | None, dict, dict]:
+    """Application status, replica counts and (ongoing, queued) per deployment of a Ray cluster.
+
+    The nodes' metrics endpoints it reads go into `status.metrics_targets`,
+    where Prometheus finds them through the gateway (monitoring/).
+    """
     from deployments.site_status import (
         alive_node_metrics_addresses,
         parse_serve_applications,
@@ -58,10 +62,9 @@ def _read_serve(client, dashboard: str, app_name: str) -> tuple[str | None, dict
 
     applications = client.get(f"{dashboard}/api/serve/applications/").raise_for_status().json()
     nodes = client.get(f"{dashboard}/nodes", params={"view": "summary"}).raise_for_status().json()
-    metrics = [
-        client.get(f"http://{address}/metrics").raise_for_status().text
-        for address in alive_node_metrics_addresses(nodes)
-    ]
+    addresses = alive_node_metrics_addresses(nodes)
+    metrics = [client.get(f"http://{a}/metrics").raise_for_status().text for a in addresses]
+    status.metrics_targets.extend(addresses)
     app_status, replicas = parse_serve_applications(applications, app_name)
     return app_status, replicas, parse_serve_load(metrics, app_name)
 
@@ -71,7 +74,7 @@ def _standing_site_status(client, config, status) -> None:
     from deployments.site_status import ModelStatus, model_state
 
     status.app_status, replicas, load = _read_serve(
-        client, config.dashboard_url, config.serve.app_name
+        client, config.dashboard_url, config.serve.app_name, status
     )
     for model in config.models:
         name = deployment_name(model.id)
@@ -110,7 +113,9 @@ def _slurm_site_status(client, config, status) -> None:
             if job.state != "running" or not job.dashboard_url:
                 continue
             try:
-                _, replicas, load = _read_serve(client, job.dashboard_url, config.serve.app_name)
+                _, replicas, load = _read_serve(
+                    client, job.dashboard_url, config.serve.app_name, status
+                )
             except (httpx.HTTPError, ValueError):
                 continue  # the job is going away; the next report will say so
             counts = replicas.get(deployment_name(model.id))

@@ -100,6 +100,10 @@ class SiteStatus(BaseModel):
     base_url: str
     app_status: str | None = None
     models: list[ModelStatus] = Field(default_factory=list)
+    metrics_targets: list[str] = Field(
+        default_factory=list,
+        description="host:port of every Ray node's Prometheus endpoint at the site.",
+    )
 
 
 class ReplicaCounts(BaseModel):

@@ -23,9 +23,10 @@ from serve_app.control_channel import build_channels
 from serve_app.errors import register_error_handlers
 from serve_app.gateway import Gateway
 from serve_app.ledger import UsageLedger
+from serve_app.metrics import forget_dead_processes, process_ended
 from serve_app.middleware import RequestContextMiddleware
 from serve_app.ratelimit import LocalRateLimiter, NoRateLimiter, RateLimiter
-from serve_app.routes import batches, health, usage, whoami
+from serve_app.routes import batches, health, metrics, usage, whoami
 from serve_app.routes.inference import build_inference_router
 from serve_app.routes.models import build_models_router
 from serve_app.settings import Settings
@@ -54,6 +55,7 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         environment = settings or Settings.from_environment()
+        forget_dead_processes()
         channels = build_channels(config, environment)
         store = build_store(config.store)
         app.state.store = store
@@ -82,12 +84,15 @@ def build_app(
                 await keeper.stop()
             await supervisor.stop()
             await gateway.stop()
+            process_ended()
 
     app = FastAPI(title="FIRST gateway", description=DESCRIPTION, lifespan=lifespan)
     app.include_router(health.router)
     app.include_router(whoami.router)
     app.include_router(batches.router)
     app.include_router(usage.router)
+    if config.metrics.enabled:
+        app.include_router(metrics.router)
     for pinned in (False, True):
         app.include_router(build_models_router(pinned))
         app.include_router(build_inference_router(pinned))

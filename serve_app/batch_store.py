@@ -81,6 +81,7 @@ class BatchStore(Protocol):
         self, record: BatchRecord, owner: str, results: Iterable[BatchResult] = ()
     ) -> bool: ...
     def result_counts(self, batch_id: str) -> tuple[int, int]: ...
+    def batch_counts(self) -> dict[str, int]: ...
     def answered_lines(self, batch_id: str) -> set[int]: ...
     def results(self, batch_id: str, kind: str) -> Iterator[str]: ...
     def delete_results(self, batch_id: str) -> None: ...
@@ -217,6 +218,11 @@ class SqliteBatchStore:
                 ).fetchall()
             )
         return counts.get("output", 0), counts.get("error", 0)
+
+    def batch_counts(self) -> dict[str, int]:
+        """Batches per status, for the metrics."""
+        with connect(self.path) as db:
+            return dict(db.execute("SELECT status, COUNT(*) FROM batches GROUP BY status"))
 
     def answered_lines(self, batch_id: str) -> set[int]:
         with connect(self.path) as db:

@@ -97,6 +97,9 @@ class BatchSupervisor:
             except Exception:
                 logger.exception("cannot read the batch store")
                 claimed = []
+            with contextlib.suppress(Exception):  # the same failure was logged just above
+                counts = await asyncio.to_thread(self.store.batch_counts)
+                self.gateway.metrics.batches(counts)
             for batch in claimed:
                 step = self._steps.get(batch.id)
                 if step is None or step.done():
@@ -231,6 +234,8 @@ class BatchSupervisor:
                 batch.log_seq = answer["results"][-1]["seq"]
                 if not await self._save(batch, results):
                     return
+                failed = sum(r.kind == "error" for r in results)
+                self.gateway.metrics.batch_results(batch.model or "", len(results) - failed, failed)
             if not answer["more"]:
                 break
         await self._after_poll(batch, answer)
@@ -297,6 +302,7 @@ class BatchSupervisor:
             unanswered = await asyncio.to_thread(self._never_ran, batch, outcome)
             if not await self._save(batch, unanswered):
                 return
+            self.gateway.metrics.batch_results(batch.model or "", 0, len(unanswered))
         completed, failed = await asyncio.to_thread(self.store.result_counts, batch.id)
         await asyncio.to_thread(self._account, batch)
         batch.output_file_id = await asyncio.to_thread(self._write_file, batch, "output")

@@ -16,6 +16,7 @@ import click
 from deployments.config_loading import ConfigError, load_config
 from deployments.site_config import SiteConfig
 from serve_app.cli_batch import batch
+from serve_app.cli_monitor import monitor
 
 
 def _echo(message: str) -> None:
@@ -574,3 +575,4 @@ def build_tiny(out: str, seed: int) -> None:
 
 
 main.add_command(batch)
+main.add_command(monitor)

@@ -27,6 +27,7 @@ from deployments.site_status import JobStatus, ModelStatus
 from serve_app.config import ColdStartConfig
 from serve_app.control_channel import ControlChannel
 from serve_app.errors import ModelStartFailedError, ModelStartingError
+from serve_app.metrics import GatewayMetrics
 from serve_app.site_state import SiteState, StatusPoller
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,10 @@ class ColdStarter:
         config: ColdStartConfig,
         channels: dict[str, ControlChannel],
         pollers: dict[str, StatusPoller],
+        metrics: GatewayMetrics,
     ):
         self.config = config
+        self.metrics = metrics
         self.channels = channels
         self.pollers = pollers
         self._launching: dict[tuple[str, str], asyncio.Task] = {}
@@ -119,6 +122,7 @@ class ColdStarter:
             )
         except TimeoutError:
             future.cancel()
+            self.metrics.cold_start(model, state.name, "timeout")
             raise ModelStartFailedError(
                 f"Site {state.name!r} did not answer the request to start {model!r} within "
                 f"{self.config.launch_timeout_s:.0f} s. Retry later.",
@@ -126,6 +130,7 @@ class ColdStarter:
             ) from None
         except Exception as exc:  # Slurm's refusal, a missing sbatch, the channel failing
             logger.warning("could not start %s at %s: %s", model, state.name, exc)
+            self.metrics.cold_start(model, state.name, "refused")
             error = ModelStartFailedError(
                 f"Site {state.name!r} could not start the model {model!r}: {exc}",
                 retry_after_s=int(REFUSAL_MEMORY_S),
@@ -135,6 +140,7 @@ class ColdStarter:
             raise error from None
         job_id = result["jobs"][-1]["job_id"]
         verb = "submitted" if result["submitted"] else "found"
+        self.metrics.cold_start(model, state.name, verb)
         logger.info("cold start: %s job %s for %s at %s", verb, job_id, model, state.name)
         self._launched[(state.name, model)] = (time.monotonic(), job_id)
         return job_id

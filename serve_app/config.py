@@ -438,6 +438,25 @@ class LedgerConfig(StrictConfig):
     )
 
 
+class MetricsConfig(StrictConfig):
+    """The gateway's Prometheus metrics, at `GET /metrics` (monitoring/ scrapes them)."""
+
+    enabled: bool = Field(True, description="false: record nothing and answer 404 at /metrics.")
+    multiprocess_dir: str | None = Field(
+        None,
+        description="Folder on the gateway's node where its Serve processes write their "
+        "samples for /metrics to add up; emptied at start. Default: "
+        "<temp dir>/first-metrics-<gateway port>.",
+    )
+    ttft_objective_s: float = Field(
+        2.0,
+        gt=0,
+        description="Objective for the p99 time to first token of streamed requests; "
+        "monitoring/alerts.yml alerts above it (exported as "
+        "first_time_to_first_token_objective_seconds).",
+    )
+
+
 class FederationConfig(StrictConfig):
     """The gateway and the sites it federates."""
 
@@ -455,6 +474,7 @@ class FederationConfig(StrictConfig):
     store: StoreConfig = Field(default_factory=StoreConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     sites: list[FederatedSiteConfig] = Field(min_length=1)
 
     @field_validator("sites")

@@ -175,6 +175,10 @@ def _is_json(content_type: str | None) -> bool:
 
 
 async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+    gateway = getattr(request.app.state, "gateway", None)
+    if gateway is not None:
+        route = getattr(request.scope.get("route"), "path", "other")
+        gateway.metrics.refused(exc.status, exc.code, route)
     return exc.response()
 
 

@@ -27,6 +27,7 @@ from starlette.responses import Response, StreamingResponse
 from deployments.openai_errors import error_body
 from serve_app.errors import NoSiteAvailableError, UpstreamError, UpstreamTimeoutError
 from serve_app.metering import Meter
+from serve_app.metrics import GatewayMetrics
 from serve_app.site_state import SiteState
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,10 @@ class _Attempt:
 
 
 class Forwarder:
-    def __init__(self, sites: dict[str, SiteState], retry_after_s: int):
+    def __init__(self, sites: dict[str, SiteState], retry_after_s: int, metrics: GatewayMetrics):
         self.sites = sites
         self.retry_after_s = retry_after_s
+        self.metrics = metrics
         self.clients = {name: build_site_client(state) for name, state in sites.items()}
 
     async def close(self) -> None:
@@ -90,10 +92,13 @@ class Forwarder:
             now = time.monotonic()
             if not state.breaker.acquire(now):
                 attempt.failures.append(f"{name}: circuit open")
+                self.metrics.retry(name, "circuit_open")
                 continue
             response = await self._send(state, path, body, request_id, attempt)
             if response is not None:
                 meter.site = name
+                if name != order[0]:
+                    self.metrics.failover(model, name)
                 return await self._relay(state, response, meter)
         summary = "; ".join(attempt.failures) or "no site tried"
         if attempt.timed_out:
@@ -121,6 +126,7 @@ class Forwarder:
             state.request_ended(model)
             state.breaker.record_failure(time.monotonic())
             timed_out = isinstance(exc, TimeoutError)
+            self.metrics.retry(state.name, "timeout" if timed_out else "connection")
             attempt.timed_out |= timed_out
             attempt.failures.append(f"{state.name}: {_describe(exc)}")
             logger.warning("site %s failed before answering: %s", state.name, _describe(exc))
@@ -135,6 +141,7 @@ class Forwarder:
             state.request_ended(model)
             state.breaker.record_failure(time.monotonic())
             attempt.failures.append(f"{state.name}: HTTP {response.status}")
+            self.metrics.retry(state.name, f"http_{response.status}")
             return None
         state.breaker.record_success()
         state.record_latency(model, time.monotonic() - started)
@@ -185,6 +192,8 @@ class Forwarder:
         status = 499  # unless the client gets it all, or the site breaks it off
         try:
             async for chunk in response.content.iter_any():
+                if meter.first_byte_at is None:
+                    meter.first_byte_at = time.monotonic()
                 yield chunk
                 if STREAM_END in chunk:
                     # The client has the whole answer (the next chunk was asked for, so

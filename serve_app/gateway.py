@@ -30,6 +30,7 @@ from serve_app.errors import (
 from serve_app.forwarding import Forwarder
 from serve_app.ledger import UsageLedger
 from serve_app.metering import Meter
+from serve_app.metrics import GatewayMetrics
 from serve_app.placement import Placer
 from serve_app.policy import Policy, Principal
 from serve_app.protocol import (
@@ -39,6 +40,7 @@ from serve_app.protocol import (
     ModelList,
     ModelPlacement,
     OpenAIModel,
+    ScrapeTargetGroup,
     SiteHealthReport,
     StreamOptions,
     WhoAmI,
@@ -63,12 +65,21 @@ class Gateway:
         self.limiter = limiter
         self.ledger = ledger
         self._background: set[asyncio.Task] = set()
-        self.sites = {site.name: SiteState(site, config) for site in config.sites}
+        served = {model.id for site in config.sites for model in site.site_config.models}
+        self.metrics = GatewayMetrics(served, config.metrics.enabled)
+        hot = [
+            (site.name, model.id)
+            for site in config.sites
+            for model in site.site_config.models
+            if model.autoscaling.preset == "hot"
+        ]
+        self.metrics.declare(hot, config.metrics.ttft_objective_s)
+        self.sites = {site.name: SiteState(site, config, self.metrics) for site in config.sites}
         pollers = {name: StatusPoller(state, channels[name]) for name, state in self.sites.items()}
         self.pollers = list(pollers.values())
-        self.cold_starter = ColdStarter(config.cold_start, channels, pollers)
+        self.cold_starter = ColdStarter(config.cold_start, channels, pollers, self.metrics)
         self.placer = Placer(config.placement.policy, config.placement.latency_tolerance)
-        self.forwarder = Forwarder(self.sites, config.placement.retry_after_s)
+        self.forwarder = Forwarder(self.sites, config.placement.retry_after_s, self.metrics)
         self.started_at = int(time.time())
 
     async def start(self) -> None:
@@ -204,6 +215,7 @@ class Gateway:
             async def place_and_forward() -> Response:
                 # A caller held through a cold start may leave; the hold ends with it.
                 order = await self.place(caller, model, site)
+                self.metrics.placed(model, order)
                 return await self.forwarder.forward(path, payload, request_id, order, meter)
 
             response = await until_disconnected(request, place_and_forward())
@@ -240,6 +252,7 @@ class Gateway:
         started_at, started = time.time(), time.monotonic()
 
         def account(meter: Meter) -> None:
+            self.metrics.request_done(meter, path, started)
             if meter.total_tokens:
                 task = asyncio.ensure_future(
                     self.limiter.record(caller.user, meter.model, meter.total_tokens)
@@ -287,6 +300,21 @@ class Gateway:
         up = sum(r.health in ("up", "stale") for r in reports)
         status = "ok" if up == len(reports) else "degraded" if up else "no_sites"
         return HealthReport(status=status, sites=reports)
+
+    def scrape_targets(self) -> list[ScrapeTargetGroup]:
+        """Every non-colocated site's Ray nodes, as its last report named them.
+
+        A site that stops answering keeps its last targets, so Prometheus sees
+        them fail (`up` 0) instead of their vanishing. Colocated sites run on the
+        gateway's own Ray cluster, which Prometheus finds through Ray's own file.
+        """
+        return [
+            ScrapeTargetGroup(
+                targets=sorted(set(state.status.metrics_targets)), labels={"site": state.name}
+            )
+            for state in self.sites.values()
+            if state.status is not None and not state.config.colocated
+        ]
 
 
 def _prompt_of(body: OpenAIModel) -> str:

@@ -31,6 +31,7 @@ from deployments.site_runner import (
 from serve_app.auth import AuthConfigError, build_authenticator
 from serve_app.config import FederationConfig
 from serve_app.control_channel import ChannelError, build_channels
+from serve_app.metrics import empty_multiprocess_directory
 from serve_app.policy import Policy
 from serve_app.settings import SecretsError, Settings
 from serve_app.store import StoreError, build_store, new_api_key
@@ -110,6 +111,8 @@ def bring_up_on_serve(config: FederationConfig, timeout_s: float, progress: Prog
             progress(f"deploying site {site.name}: {', '.join(m.id for m in site.models)}")
             deploy(site)
         progress("deploying the gateway")
+        if config.metrics.enabled:
+            empty_multiprocess_directory(config)
         serve.run(
             build_gateway_app(config),
             name=config.gateway.app_name,

@@ -27,6 +27,7 @@ from autoscaling.keeper import Keeper
 from serve_app.app import build_app
 from serve_app.config import FederationConfig, LimitsConfig
 from serve_app.control_channel import build_channels
+from serve_app.metrics import serve_environment
 from serve_app.ratelimit import LimitBook, Refusal, refuse
 from serve_app.settings import Settings
 
@@ -67,7 +68,14 @@ class KeeperService:
 
 
 def build_keeper_app(config: FederationConfig) -> Application:
-    return KeeperService.bind(config.model_dump(mode="json"))
+    return KeeperService.options(ray_actor_options=_actor_options(config, num_cpus=0)).bind(
+        config.model_dump(mode="json")
+    )
+
+
+def _actor_options(config: FederationConfig, num_cpus: float) -> dict[str, Any]:
+    """Serve's default options plus the metrics' environment (serve_app/metrics.py)."""
+    return {"num_cpus": num_cpus, "runtime_env": {"env_vars": serve_environment(config)}}
 
 
 class ServeRateLimiter:
@@ -114,4 +122,5 @@ def build_gateway_app(config: FederationConfig) -> Application:
         limiter = RateLimitService.bind(config.limits.model_dump(mode="json"))
     return FederatedIngress.options(
         autoscaling_config=config.gateway.autoscaling,
+        ray_actor_options=_actor_options(config, num_cpus=1),
     ).bind(config.model_dump(mode="json"), limiter)

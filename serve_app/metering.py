@@ -31,6 +31,8 @@ class Meter:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     completion_parts: list[str] = field(default_factory=list)
+    # When a stream's first event arrived (monotonic): its time to first token.
+    first_byte_at: float | None = None
     _finished: bool = False
 
     @property

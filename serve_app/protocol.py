@@ -274,6 +274,13 @@ class HealthReport(BaseModel):
     sites: list[SiteHealthReport]
 
 
+class ScrapeTargetGroup(BaseModel):
+    """One entry of Prometheus's HTTP service discovery: a site's Ray nodes."""
+
+    targets: list[str]
+    labels: dict[str, str]
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str

@@ -31,6 +31,7 @@ from deployments.site_status import JobStatus, ModelStatus, SiteStatus
 from serve_app.circuit_breaker import CircuitBreaker
 from serve_app.config import FederatedSiteConfig, FederationConfig
 from serve_app.control_channel import ControlChannel
+from serve_app.metrics import GatewayMetrics
 from serve_app.placement import Candidate
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,11 @@ START_TIMES_KEPT = 20
 
 
 class SiteState:
-    def __init__(self, config: FederatedSiteConfig, federation: FederationConfig):
+    def __init__(
+        self, config: FederatedSiteConfig, federation: FederationConfig, metrics: GatewayMetrics
+    ):
         self.config = config
+        self.metrics = metrics
         self.name = config.name
         self.models = {model.id for model in config.site_config.models}
         self.stale_after_s = config.channel.poll_interval_s * federation.status.stale_after_polls
@@ -88,6 +92,16 @@ class SiteState:
         self._learn_start_times(status)
         self._announce_report()
 
+    def report_metrics(self) -> None:
+        now = time.monotonic()
+        self.metrics.site_report(
+            self.name,
+            self.health(now) in ("up", "stale"),
+            self.breaker.state(now),
+            self.status,
+            self.slurm is not None,
+        )
+
     def _announce_report(self) -> None:
         self._reported.set()
         self._reported = asyncio.Event()
@@ -130,10 +144,12 @@ class SiteState:
 
     def request_started(self, model: str) -> None:
         self.in_flight[model] += 1
+        self.metrics.in_flight(self.name, 1)
         self._peak_in_flight[model] = max(self._peak_in_flight[model], self.in_flight[model])
 
     def request_ended(self, model: str) -> None:
         self.in_flight[model] -= 1
+        self.metrics.in_flight(self.name, -1)
 
     def record_latency(self, model: str, seconds: float) -> None:
         previous = self.latency_s.get(model)
@@ -246,6 +262,7 @@ class StatusPoller:
             self.state.record_status_failure(f"{type(exc).__name__}: {exc}")
         else:
             self.state.record_status(status, time.monotonic())
+        self.state.report_metrics()
 
     async def _run(self) -> None:
         while True:

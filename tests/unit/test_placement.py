@@ -6,6 +6,7 @@ from collections import Counter
 
 from deployments.site_status import ModelStatus, SiteStatus
 from serve_app.config import FederationConfig
+from serve_app.metrics import GatewayMetrics
 from serve_app.placement import Candidate, Placer
 from serve_app.site_state import SiteState
 
@@ -108,7 +109,7 @@ def _site_state() -> SiteState:
             ]
         }
     )
-    return SiteState(federation.sites[0], federation)
+    return SiteState(federation.sites[0], federation, GatewayMetrics({"m"}, enabled=False))
 
 
 def _report(ongoing: int) -> SiteStatus:
