@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -37,6 +38,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics import MetricWrapperBase
 
 from deployments.site_status import SiteStatus
 from serve_app.config import FederationConfig
@@ -192,6 +194,16 @@ class GatewayMetrics:
     def __init__(self, models: set[str], enabled: bool = True):
         self.models = frozenset(models)
         self.enabled = enabled
+        # `labels()` costs more than the increment itself; label values are bounded,
+        # so the children every request touches are kept here.
+        self._children: dict[tuple, Any] = {}
+
+    def _child(self, metric: MetricWrapperBase, *values: str) -> Any:
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def declare(self, hot: list[tuple[str, str]], ttft_objective_s: float) -> None:
         """What the config promises, for the alerts to hold the sites to."""
@@ -210,22 +222,22 @@ class GatewayMetrics:
             return
         model = self.model_label(meter.model)
         site = meter.site or NO_SITE
-        REQUESTS.labels(model, site, route, str(meter.status)).inc()
-        REQUEST_DURATION.labels(model, route).observe(time.monotonic() - started)
+        self._child(REQUESTS, model, site, route, str(meter.status)).inc()
+        self._child(REQUEST_DURATION, model, route).observe(time.monotonic() - started)
         if meter.first_byte_at is not None and meter.site is not None:
-            TIME_TO_FIRST_TOKEN.labels(model, site).observe(meter.first_byte_at - started)
+            self._child(TIME_TO_FIRST_TOKEN, model, site).observe(meter.first_byte_at - started)
         if meter.prompt_tokens:
-            TOKENS.labels(model, site, "prompt").inc(meter.prompt_tokens)
+            self._child(TOKENS, model, site, "prompt").inc(meter.prompt_tokens)
         if meter.completion_tokens:
-            TOKENS.labels(model, site, "completion").inc(meter.completion_tokens)
+            self._child(TOKENS, model, site, "completion").inc(meter.completion_tokens)
 
     def in_flight(self, site: str, change: int) -> None:
         if self.enabled:
-            IN_FLIGHT.labels(site).inc(change)
+            self._child(IN_FLIGHT, site).inc(change)
 
     def placed(self, model: str, order: list[str]) -> None:
         if self.enabled and order:
-            PLACEMENTS.labels(self.model_label(model), order[0]).inc()
+            self._child(PLACEMENTS, self.model_label(model), order[0]).inc()
 
     def retry(self, site: str, reason: str) -> None:
         if self.enabled:
