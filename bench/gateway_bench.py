@@ -7,7 +7,9 @@ same non-streaming chat request (16 tokens) on every path:
 - `gateway-serve`: the gateway hosted on Ray Serve (`first gateway up`, one
   ingress replica), pinned to the backend's site;
 - `gateway-standalone`: the same app under uvicorn (`first gateway up --standalone`);
-- `litellm`: LiteLLM's proxy in front of the same backend, the reference peer.
+- `litellm`: LiteLLM's proxy in front of the same backend, the reference peer;
+- `bare-forwarder`: `bench/bare_forwarder.py`, uvicorn + httpx and nothing else,
+  the yardstick for the standalone gateway's added latency.
 
 Two backends:
 
@@ -376,6 +378,14 @@ def main() -> None:  # noqa: PLR0915 - one linear script: start, measure, stop
                 f"{litellm_url}{chat}",
                 {**BODY, "model": f"{MODEL}-{backend}"},
                 (("Authorization", f"Bearer {LITELLM_KEY}"),),
+            )
+            bare_port = free_port()
+            bare = [sys.executable, "-m", "bench.bare_forwarder", "--port", str(bare_port)]
+            helpers.append(
+                Background.start(f"bare-{backend}", [*bare, "--backend", direct], workdir)
+            )
+            targets[(backend, "bare-forwarder")] = Target(
+                f"http://127.0.0.1:{bare_port}{chat}", BODY
             )
         for (backend, path), target in targets.items():
             wait_until_answering(target, 180, f"{backend} via {path}")

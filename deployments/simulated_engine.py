@@ -227,15 +227,19 @@ class SimulatedEngine(LLMEngine):
                 )
             )
 
-        for i in range(n):
-            yield chunk(
-                [
-                    ChatCompletionResponseStreamChoice(
-                        index=i, delta=DeltaMessage(role="assistant", content="")
-                    )
-                ]
-            )
+        announced: set[int] = set()
         async for i, token in self._interleave(n, count):
+            if i not in announced:
+                # As vLLM: the role chunk goes out with the first token, after the wait
+                # for a slot and the prefill, so clients time the first token right.
+                announced.add(i)
+                yield chunk(
+                    [
+                        ChatCompletionResponseStreamChoice(
+                            index=i, delta=DeltaMessage(role="assistant", content="")
+                        )
+                    ]
+                )
             yield chunk(
                 [ChatCompletionResponseStreamChoice(index=i, delta=DeltaMessage(content=token))]
             )

@@ -54,6 +54,16 @@ def _placement_bundles(model: ModelConfig) -> list[dict[str, float]]:
     return [{"GPU": 1, "CPU": resources.cpus}] * resources.gpus
 
 
+PREFIX_ROUTER = "ray.serve.llm.request_router.PrefixCacheAffinityRouter"
+
+
+def _deployment_config(model: ModelConfig) -> dict[str, Any]:
+    config: dict[str, Any] = {"autoscaling_config": model.autoscaling.serve_config()}
+    if model.request_router == "prefix-aware":
+        config["request_router_config"] = {"request_router_class": PREFIX_ROUTER}
+    return config
+
+
 def llm_config_for(model: ModelConfig) -> LLMConfig:
     """Translate one model of the site config into ray.serve.llm's LLMConfig."""
     experimental: dict[str, Any] = {}
@@ -69,7 +79,7 @@ def llm_config_for(model: ModelConfig) -> LLMConfig:
         placement_group_config={"bundles": _placement_bundles(model)},
         accelerator_type=model.resources.accelerator_type,
         runtime_env={"env_vars": model.env} if model.env else None,
-        deployment_config={"autoscaling_config": model.autoscaling.serve_config()},
+        deployment_config=_deployment_config(model),
         experimental_configs=experimental,
         server_cls="deployments.simulated_engine:SimulatedLLMServer" if simulated else None,
         # The simulated engine exports no vLLM metrics.

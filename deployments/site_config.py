@@ -226,6 +226,13 @@ class ModelConfig(StrictConfig):
         "over the site's `slurm` section.",
     )
     allocations: AllocationsConfig = Field(default_factory=AllocationsConfig)
+    request_router: Literal["power-of-two", "prefix-aware"] = Field(
+        "power-of-two",
+        description="How Serve picks one of the model's replicas: its default (the less busy "
+        "of two), or prefix-aware (ray.serve.llm's PrefixCacheAffinityRouter: a request goes "
+        "to the replica that served its prompt's prefix, while loads stay balanced; vLLM's "
+        "prefix caching, on by default, then skips that prefix's prefill).",
+    )
 
     @model_validator(mode="after")
     def _engine_specific(self) -> ModelConfig:

@@ -19,6 +19,7 @@ Two properties are engineered on purpose:
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 # Shapes measured to work with vLLM's CPU attention (head_dim 64; 16 fails).
@@ -32,6 +33,20 @@ MAX_POSITION_EMBEDDINGS = 256
 # Standard deviation of the output layer: with unit-RMS hidden states the
 # logits get a spread of about 10, so the zeroed EOS row never wins.
 LM_HEAD_STD = 0.9
+
+
+@dataclass(frozen=True)
+class TinyShape:
+    """The model's size; the defaults are the tiny model. Benchmarks that need prefill
+    to cost something (prefix caching) build a wider, deeper one with a longer context."""
+
+    hidden_size: int = HIDDEN_SIZE
+    num_layers: int = NUM_LAYERS
+    num_heads: int = NUM_HEADS
+    num_kv_heads: int = NUM_KV_HEADS
+    intermediate_size: int = INTERMEDIATE_SIZE
+    context: int = MAX_POSITION_EMBEDDINGS
+
 
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
@@ -61,7 +76,7 @@ TRAINING_TEXT = [
 ]
 
 
-def _build_tokenizer():
+def _build_tokenizer(context: int):
     """A byte-level BPE tokenizer trained on a few fixed sentences."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -82,23 +97,23 @@ def _build_tokenizer():
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
         chat_template=CHAT_TEMPLATE,
-        model_max_length=MAX_POSITION_EMBEDDINGS,
+        model_max_length=context,
     )
 
 
-def _build_model(tokenizer, seed: int):
+def _build_model(tokenizer, seed: int, shape: TinyShape):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=VOCAB_SIZE,
-        hidden_size=HIDDEN_SIZE,
-        intermediate_size=INTERMEDIATE_SIZE,
-        num_hidden_layers=NUM_LAYERS,
-        num_attention_heads=NUM_HEADS,
-        num_key_value_heads=NUM_KV_HEADS,
-        max_position_embeddings=MAX_POSITION_EMBEDDINGS,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        max_position_embeddings=shape.context,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -113,14 +128,15 @@ def _build_model(tokenizer, seed: int):
     return model
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_model(out_dir: str | Path, seed: int = 0, shape: TinyShape | None = None) -> Path:
     """Write the tiny model (weights, config, tokenizer, chat template) to `out_dir`."""
+    shape = shape or TinyShape()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _build_tokenizer()
+    tokenizer = _build_tokenizer(shape.context)
     if len(tokenizer) > VOCAB_SIZE:
         raise RuntimeError(f"tokenizer has {len(tokenizer)} tokens, over {VOCAB_SIZE}")
-    model = _build_model(tokenizer, seed)
+    model = _build_model(tokenizer, seed, shape)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out

@@ -132,10 +132,31 @@ class CircuitBreakerConfig(StrictConfig):
     )
 
 
+class PrefixAffinityConfig(StrictConfig):
+    """How `prefix-aware` placement recognises a shared prompt prefix, and how far it follows it."""
+
+    block_chars: int = Field(
+        256, ge=16, description="Characters per hashed block of the prompt (its JSON text)."
+    )
+    max_blocks: int = Field(64, ge=1, description="Blocks hashed at most per prompt.")
+    memory_blocks: int = Field(
+        200_000, ge=1, description="Block hashes remembered per gateway replica (LRU)."
+    )
+    load_bound: float = Field(
+        1.25,
+        ge=1.0,
+        description="A site keeps a prefix's requests while its load is at most this many "
+        "times the mean load of the sites (plus one request); past it, least-loaded decides.",
+    )
+
+
 class PlacementConfig(StrictConfig):
     policy: PlacementPolicy = Field(
-        "least-loaded", description="least-loaded, round-robin, random."
+        "least-loaded",
+        description="least-loaded, round-robin, random, or prefix-aware (least-loaded plus "
+        "affinity to the site that holds the prompt's prefix in its cache).",
     )
+    prefix: PrefixAffinityConfig = Field(default_factory=PrefixAffinityConfig)
     latency_tolerance: float = Field(
         0.25,
         ge=0,

@@ -33,6 +33,7 @@ from serve_app.metering import Meter
 from serve_app.metrics import GatewayMetrics
 from serve_app.placement import Placer
 from serve_app.policy import Policy, Principal
+from serve_app.prefix_affinity import PrefixMemory, prefix_blocks
 from serve_app.protocol import (
     CallerLimits,
     HealthReport,
@@ -78,7 +79,13 @@ class Gateway:
         pollers = {name: StatusPoller(state, channels[name]) for name, state in self.sites.items()}
         self.pollers = list(pollers.values())
         self.cold_starter = ColdStarter(config.cold_start, channels, pollers, self.metrics)
-        self.placer = Placer(config.placement.policy, config.placement.latency_tolerance)
+        placement = config.placement
+        self.placer = Placer(
+            placement.policy,
+            placement.latency_tolerance,
+            memory=PrefixMemory(placement.prefix.memory_blocks),
+            load_bound=placement.prefix.load_bound,
+        )
         self.forwarder = Forwarder(self.sites, config.placement.retry_after_s, self.metrics)
         self.started_at = int(time.time())
 
@@ -167,7 +174,13 @@ class Gateway:
 
     # -- requests -----------------------------------------------------------
 
-    def placement_order(self, caller: Principal, model: str, site: str | None = None) -> list[str]:
+    def placement_order(
+        self,
+        caller: Principal,
+        model: str,
+        site: str | None = None,
+        prefix: list[bytes] | None = None,
+    ) -> list[str]:
         """Sites to try for `model`, best first; 404 if none serves it, 503 if none can now."""
         states = [s for s in self._sites_for(site) if model in s.models]
         if not states:
@@ -180,20 +193,22 @@ class Gateway:
                 f"No site can serve the model {model!r} right now ({reasons}). Retry later.",
                 retry_after_s=self.config.placement.retry_after_s,
             )
-        ordered = self.placer.order(candidates)
+        ordered = self.placer.order(candidates, prefix)
         return [c.site for c in ordered[: self.config.placement.max_attempts]]
 
-    async def place(self, caller: Principal, model: str, site: str | None) -> list[str]:
+    async def place(
+        self, caller: Principal, model: str, site: str | None, prefix: list[bytes] | None = None
+    ) -> list[str]:
         """Sites to try; when none runs the model but a Slurm site can start it, start it."""
         try:
-            return self.placement_order(caller, model, site)
+            return self.placement_order(caller, model, site, prefix)
         except NoSiteAvailableError:
             now = time.monotonic()
             startable = [s for s in self._sites_for(site) if s.can_launch(model, now)]
             if not startable:
                 raise
         await self.cold_starter.bring_up(model, startable)
-        return self.placement_order(caller, model, site)
+        return self.placement_order(caller, model, site, prefix)
 
     async def forward(
         self,
@@ -214,9 +229,13 @@ class Gateway:
 
             async def place_and_forward() -> Response:
                 # A caller held through a cold start may leave; the hold ends with it.
-                order = await self.place(caller, model, site)
+                prefix = self._prefix(body)
+                order = await self.place(caller, model, site, prefix)
                 self.metrics.placed(model, order)
-                return await self.forwarder.forward(path, payload, request_id, order, meter)
+                response = await self.forwarder.forward(path, payload, request_id, order, meter)
+                if prefix and meter.site is not None:
+                    self.placer.remember(prefix, meter.site)
+                return response
 
             response = await until_disconnected(request, place_and_forward())
         except GatewayError as exc:
@@ -233,6 +252,13 @@ class Gateway:
             meter.finish(499)
             return Response(status_code=499)
         return response
+
+    def _prefix(self, body: OpenAIModel) -> list[bytes] | None:
+        """The prompt's block hashes, when placement follows prefixes."""
+        if self.config.placement.policy != "prefix-aware":
+            return None
+        settings = self.config.placement.prefix
+        return prefix_blocks(_prompt_of(body), settings.block_chars, settings.max_blocks)
 
     def _prepare(self, body: OpenAIModel) -> tuple[bytes, Meter]:
         """The site's request body; streams always ask the site for usage, to meter them."""

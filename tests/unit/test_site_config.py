@@ -100,3 +100,20 @@ def test_preset_and_override_merge():
     serve = site.models[0].autoscaling.serve_config()
     assert serve["min_replicas"] == 0 and serve["initial_replicas"] == 0
     assert serve["max_replicas"] == 3
+
+
+def test_a_prefix_aware_model_gets_rays_prefix_cache_affinity_router():
+    from deployments.site_app import PREFIX_ROUTER, llm_config_for
+
+    site = SiteConfig.model_validate(
+        {
+            "name": "s",
+            "models": [
+                {"id": "plain", "engine": "simulated"},
+                {"id": "affine", "engine": "simulated", "request_router": "prefix-aware"},
+            ],
+        }
+    )
+    plain, affine = (llm_config_for(model).deployment_config for model in site.models)
+    assert "request_router_config" not in plain
+    assert affine["request_router_config"] == {"request_router_class": PREFIX_ROUTER}

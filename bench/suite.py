@@ -1,0 +1,214 @@
+"""One harness for the benchmarks: run them, plot them, and check every target in one table.
+
+`make bench` (quick: routing, prefix-aware routing and the concurrency curve,
+under 10 minutes here) and `make bench-full` (those at full length, plus the
+gateway against LiteLLM, cold start on Slurm, batch against interactive and
+the metrics' cost). Each benchmark writes its JSON under bench/results/;
+this stamps each with the machine and commit it ran on, draws the PNG plots
+(bench/plots.py) and rewrites the summary table at the top of
+bench/README.md from every result present, run now or committed earlier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from bench import plots
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+README = BENCH / "README.md"
+START, END = "<!-- summary:start -->", "<!-- summary:end -->"
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str  # bench/<module>.py and results/<result>.json
+    module: str
+    quick_args: tuple[str, ...] | None  # None: only in the full run
+    full_args: tuple[str, ...] = ()
+
+
+SUITES = (
+    Suite("routing", "bench.routing_bench", ("--quick",)),
+    Suite("prefix", "bench.prefix_bench", ("--quick",)),
+    Suite("concurrency", "bench.concurrency_bench", ("--quick",)),
+    Suite("gateway", "bench.gateway_bench", None),
+    Suite("cold_start", "bench.cold_start_bench", None),
+    Suite("batch", "bench.batch_bench", None),
+    Suite("metrics", "bench.metrics_bench", None),
+)
+
+
+def machine() -> dict:
+    return {
+        "cpus": psutil.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30),
+        "platform": platform.platform(terse=True),
+        "python": platform.python_version(),
+    }
+
+
+def commit() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH
+    )
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=BENCH).returncode != 0
+    return (done.stdout.strip() or "unknown") + ("+changes" if dirty else "")
+
+
+def run(suite: Suite, full: bool) -> None:
+    out = RESULTS / f"{suite.name}.json"
+    args = suite.full_args if full else suite.quick_args
+    print(f"[bench] {suite.name}: python -m {suite.module} {' '.join(args)}", flush=True)
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", suite.module, "--out", str(out), *args], check=True)
+    result = json.loads(out.read_text())
+    result["measured_on"] = {
+        "machine": machine(),
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "took_s": round(time.monotonic() - started),
+    }
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _routing(r: dict) -> tuple[str, bool]:
+    ratio = r["least_loaded_vs_round_robin_p99_ttft_at_80"]
+    return f"round-robin p99 TTFT / least-loaded at 80% load: {ratio:.1f}x", ratio >= 2
+
+
+def _prefix(r: dict) -> tuple[str, bool]:
+    by = {run["policy"]: run for run in r["runs"]}
+    ratio = r["mean_ttft_prefix_aware_over_least_loaded"]
+    tokens = by["prefix-aware"]["output_tokens_per_s"] / by["least-loaded"]["output_tokens_per_s"]
+    text = f"mean TTFT {1 - ratio:.0%} lower than least-loaded; throughput {tokens:.2f}x"
+    return text, ratio <= 0.7 and tokens >= 0.98
+
+
+def _gateway(r: dict) -> tuple[str, bool]:
+    """The Serve-hosted ingress adds less than LiteLLM's proxy, p50 and p99, at every level;
+    the standalone one at most 1.5x a bare uvicorn + httpx forwarder (when measured)."""
+    added = r["added_latency_ms"]
+    cells = [cell for key, cell in added.items() if key.startswith("fixed-")]
+    below = all(
+        c["gateway-serve"][q] < c["litellm"][q] for c in cells for q in ("p50_ms", "p99_ms")
+    )
+    ratios = [
+        c["gateway-standalone"]["p50_ms"] / c["bare-forwarder"]["p50_ms"]
+        for c in cells
+        if "bare-forwarder" in c and c["bare-forwarder"]["p50_ms"] > 0
+    ]
+    text = "Serve ingress below LiteLLM at 1, 32, 128: " + ("yes" if below else "no")
+    if ratios:
+        text += f"; standalone / bare forwarder p50 at most {max(ratios):.2f}x"
+    else:
+        text += "; bare forwarder not measured"
+    return text, below and bool(ratios) and max(ratios) <= 1.5
+
+
+def _concurrency(r: dict) -> tuple[str, bool]:
+    ratio = r["throughput_gateway_over_site_at_best"]
+    standalone = r.get("throughput_standalone_over_site_at_best")
+    text = f"gateway on Serve {ratio:.2f}x the site's tokens/s at {r['best_site_concurrency']}"
+    if standalone is not None:
+        text += f"; standalone gateway {standalone:.2f}x"
+    return text, ratio >= 0.95
+
+
+def _cold_start(r: dict) -> tuple[str, bool]:
+    median = r["summary"]["cold_median"]["request_to_first_token_s"]
+    hot = r["summary"]["running_model_median"]["hot_over_steady"]
+    text = f"cold start median {median:.0f} s; hot first token {hot:.2f}x steady"
+    return text, median < 60 and hot <= 1.1
+
+
+def _batch(r: dict) -> tuple[str, bool]:
+    ratio = r["summary"]["batch_over_interactive"]
+    return f"batch {ratio:.2f}x the best interactive throughput", ratio >= 1
+
+
+def _metrics(r: dict) -> tuple[str, bool]:
+    worst = min(v["median"] for v in r["throughput_ratio_on_over_off"].values())
+    return f"metrics on at least {worst:.3f}x of off", worst >= 0.97
+
+
+CHECKS: dict[str, tuple[str, Callable[[dict], tuple[str, bool]]]] = {
+    "gateway": (
+        "ingress added latency below LiteLLM; standalone ≤ 1.5x a bare forwarder",
+        _gateway,
+    ),
+    "routing": ("least-loaded p99 TTFT ≥ 2x lower than round-robin at 80%", _routing),
+    "prefix": ("prefix-aware mean TTFT ≥ 30% lower than least-loaded", _prefix),
+    "concurrency": ("whole stack ≥ 0.95x the site's throughput", _concurrency),
+    "cold_start": ("cold start under 60 s, hot within 10% of steady", _cold_start),
+    "batch": ("batch at least as fast as interactive", _batch),
+    "metrics": ("metrics cost within 3%", _metrics),
+}
+
+
+def summary_table() -> str:
+    rows = ["| benchmark | target | measured | met | machine, commit, date |", "| --- " * 5 + "|"]
+    for name, (target, check) in CHECKS.items():
+        result = _load(name)
+        if result is None:
+            continue
+        try:
+            measured, met = check(result)
+        except (KeyError, StopIteration, ZeroDivisionError) as exc:
+            measured, met = f"result lacks {exc}", False
+        stamp = result.get("measured_on")
+        where = (
+            f"{stamp['machine']['cpus']} CPUs, {stamp['machine']['memory_gib']} GiB, "
+            f"{stamp['commit']}, {stamp['date']}"
+            if stamp
+            else "before the harness (see its section)"
+        )
+        link = f"[{name}](results/{name}.json)"
+        rows.append(f"| {link} | {target} | {measured} | {'yes' if met else '**no**'} | {where} |")
+    return "\n".join(rows)
+
+
+def write_summary() -> None:
+    text = README.read_text()
+    table = f"{START}\n{summary_table()}\n{END}"
+    if START in text:
+        head, rest = text.split(START, 1)
+        text = head + table + rest.split(END, 1)[1]
+    else:
+        title, _, body = text.partition("\n")
+        text = f"{title}\n\n{table}\n{body}"
+    README.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="Every benchmark, at full length.")
+    parser.add_argument("--only", nargs="+", choices=[s.name for s in SUITES], default=None)
+    args = parser.parse_args()
+    for suite in SUITES:
+        chosen = suite.name in args.only if args.only else args.full or suite.quick_args
+        if chosen:
+            run(suite, args.full)
+    plots.main()
+    write_summary()
+    print(f"[bench] summary written to {README}")
+
+
+if __name__ == "__main__":
+    main()
