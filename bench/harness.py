@@ -5,17 +5,35 @@ gateway per placement policy in front of them, and `vllm bench serve` as the loa
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-from serve_app.cli_process import free_port
+from serve_app.cli_process import FirstProcess, free_port
 from serve_app.config import load_federation
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = REPO / ".first" / "models" / "tiny-llama"
+
+
+def one_replica_gateway(ray_temp: str) -> dict:
+    """The `gateway` section of a benchmark's Serve stack: free ports, a private Ray
+    temp folder, one ingress replica (the hop is measured, not the scaling)."""
+    return {
+        "port": free_port(),
+        "ray": {
+            "num_cpus": 8,
+            "dashboard_port": free_port(),
+            "metrics_export_port": free_port(),
+            "temp_dir": ray_temp,
+        },
+        "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+    }
 
 
 def sites_stack(workdir: Path, ray_temp: str, sites: list[dict]) -> Path:
@@ -25,16 +43,7 @@ def sites_stack(workdir: Path, ray_temp: str, sites: list[dict]) -> Path:
     in front of the same sites (`policy_gateway`).
     """
     config = {
-        "gateway": {
-            "port": free_port(),
-            "ray": {
-                "num_cpus": 8,
-                "dashboard_port": free_port(),
-                "metrics_export_port": free_port(),
-                "temp_dir": ray_temp,
-            },
-            "autoscaling": {"min_replicas": 1, "max_replicas": 1},
-        },
+        "gateway": one_replica_gateway(ray_temp),
         "auth": {"required": False},
         "limits": None,
         "store": {"path": str(workdir / "first.db")},
@@ -46,6 +55,31 @@ def sites_stack(workdir: Path, ray_temp: str, sites: list[dict]) -> Path:
     path = workdir / "federation-sites.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+@contextmanager
+def running_stack(stack: Path, workdir: Path, ray_temp: str, timeout_s: float) -> Iterator[None]:
+    """`first gateway up` of `sites_stack`'s file, answering; stopped (and its Ray temp
+    folder removed) on the way out."""
+    process = FirstProcess.start(["gateway", "up", "--config", str(stack)], workdir, "sites")
+    try:
+        process.wait_ready(timeout_s)
+        yield
+    finally:
+        process.stop()
+        shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+@contextmanager
+def running_policy_gateway(stack: Path, policy: str, workdir: Path) -> Iterator[str]:
+    """A standalone gateway placing by `policy` in front of the stack's sites: its URL."""
+    path = policy_gateway(stack, policy, workdir)
+    args = ["gateway", "up", "--standalone", "--config", str(path)]
+    process = FirstProcess.start(args, workdir, policy)
+    try:
+        yield process.wait_ready(120)
+    finally:
+        process.stop()
 
 
 def policy_gateway(stack: Path, policy: str, workdir: Path) -> Path:

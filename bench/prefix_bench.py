@@ -25,13 +25,18 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import tempfile
 from pathlib import Path
 
 from bench.gateway_bench import log
-from bench.harness import REPO, latency_summary, policy_gateway, sites_stack, vllm_bench_serve
-from serve_app.cli_process import FirstProcess
+from bench.harness import (
+    REPO,
+    latency_summary,
+    running_policy_gateway,
+    running_stack,
+    sites_stack,
+    vllm_bench_serve,
+)
 
 MODEL = "tiny-prefix"
 PREFIX_MODEL = REPO / ".first" / "models" / "tiny-prefix"
@@ -153,23 +158,14 @@ def main() -> None:
         "--custom-output-len", "16", "--ignore-eos", "--skip-chat-template",
         "--request-rate", str(args.rate), "--burstiness", "1.0", "--num-prompts", str(prompts),
     ]  # fmt: skip
-    processes: list[FirstProcess] = []
     runs = []
-    try:
-        log(f"starting two vLLM sites, workdir {workdir}")
-        stack = FirstProcess.start(["gateway", "up", "--config", str(stack_path)], workdir, "sites")
-        processes.append(stack)
-        stack.wait_ready(900)
+    log(f"starting two vLLM sites, workdir {workdir}")
+    with running_stack(stack_path, workdir, ray_temp, 900):
         for policy in POLICIES:
-            path = policy_gateway(stack_path, policy, workdir)
-            gateway = FirstProcess.start(
-                ["gateway", "up", "--standalone", "--config", str(path)], workdir, policy
-            )
-            processes.append(gateway)
-            url = gateway.wait_ready(120)
-            dataset = ["--dataset-path", str(datasets[policy])]
-            out = workdir / f"{policy}.json"
-            raw = vllm_bench_serve(url, MODEL, PREFIX_MODEL, out, *load, *dataset)
+            with running_policy_gateway(stack_path, policy, workdir) as url:
+                dataset = ["--dataset-path", str(datasets[policy])]
+                out = workdir / f"{policy}.json"
+                raw = vllm_bench_serve(url, MODEL, PREFIX_MODEL, out, *load, *dataset)
             run = {"policy": policy, **latency_summary(raw)}
             runs.append(run)
             log(
@@ -177,11 +173,6 @@ def main() -> None:
                 f"{run['p50_ttft_ms']:7.1f} p99 {run['p99_ttft_ms']:7.1f}, "
                 f"{run['output_tokens_per_s']:.1f} tokens/s"
             )
-            gateway.stop()
-    finally:
-        for process in reversed(processes):
-            process.stop()
-        shutil.rmtree(ray_temp, ignore_errors=True)
 
     by = {run["policy"]: run for run in runs}
     result = {

@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.gateway_bench import log
-from bench.harness import TINY_MODEL, latency_summary, policy_gateway, sites_stack, vllm_bench_serve
-from serve_app.cli_process import FirstProcess
+from bench.harness import (
+    TINY_MODEL,
+    latency_summary,
+    running_policy_gateway,
+    running_stack,
+    sites_stack,
+    vllm_bench_serve,
+)
 
 MODEL = "sim-route"
 INPUT_TOKENS, OUTPUT_TOKENS = 64, 32
@@ -91,41 +96,28 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="first-bench-routing-"))
     ray_temp = tempfile.mkdtemp(prefix="first-bench-", dir="/tmp")
     stack_path = sites_stack(workdir, ray_temp, [site(speed) for speed in SITES])
-    processes: list[FirstProcess] = []
     runs = []
-    try:
-        log(f"starting three simulated sites ({capacity:.1f} req/s in all), workdir {workdir}")
-        stack = FirstProcess.start(["gateway", "up", "--config", str(stack_path)], workdir, "sites")
-        processes.append(stack)
-        stack.wait_ready(600)
+    log(f"starting three simulated sites ({capacity:.1f} req/s in all), workdir {workdir}")
+    with running_stack(stack_path, workdir, ray_temp, 600):
         for policy in POLICIES:
-            path = policy_gateway(stack_path, policy, workdir)
-            gateway = FirstProcess.start(
-                ["gateway", "up", "--standalone", "--config", str(path)], workdir, policy
-            )
-            processes.append(gateway)
-            url = gateway.wait_ready(120)
-            tokenizer = Path(args.tokenizer)
-            vllm_bench_serve(url, MODEL, tokenizer, workdir / "warm-up.json", *poisson(2.0, 10))
-            for load in LOADS:
-                rate = load * capacity
-                out = workdir / f"{policy}-{load}.json"
-                raw = vllm_bench_serve(
-                    url, MODEL, tokenizer, out, *poisson(rate, int(rate * seconds))
-                )
-                run = {"policy": policy, "load": load, "rate_per_s": round(rate, 2)}
-                run |= latency_summary(raw)
-                runs.append(run)
-                log(
-                    f"{policy:<13} load {load:.0%}: TTFT p50 {run['p50_ttft_ms']:7.1f} ms "
-                    f"p99 {run['p99_ttft_ms']:7.1f} ms, e2e p99 {run['p99_e2el_ms']:7.1f} ms, "
-                    f"{run['requests_per_s']:.1f} req/s"
-                )
-            gateway.stop()
-    finally:
-        for process in reversed(processes):
-            process.stop()
-        shutil.rmtree(ray_temp, ignore_errors=True)
+            with running_policy_gateway(stack_path, policy, workdir) as url:
+                tokenizer = Path(args.tokenizer)
+                warm_up = workdir / "warm-up.json"
+                vllm_bench_serve(url, MODEL, tokenizer, warm_up, *poisson(2.0, 10))
+                for load in LOADS:
+                    rate = load * capacity
+                    out = workdir / f"{policy}-{load}.json"
+                    raw = vllm_bench_serve(
+                        url, MODEL, tokenizer, out, *poisson(rate, int(rate * seconds))
+                    )
+                    run = {"policy": policy, "load": load, "rate_per_s": round(rate, 2)}
+                    run |= latency_summary(raw)
+                    runs.append(run)
+                    log(
+                        f"{policy:<13} load {load:.0%}: TTFT p50 {run['p50_ttft_ms']:7.1f} ms "
+                        f"p99 {run['p99_ttft_ms']:7.1f} ms, e2e p99 "
+                        f"{run['p99_e2el_ms']:7.1f} ms, {run['requests_per_s']:.1f} req/s"
+                    )
 
     by = {(r["policy"], r["load"]): r for r in runs}
     result = {

@@ -115,6 +115,13 @@ def _gateway(r: dict) -> tuple[str, bool]:
         if "bare-forwarder" in c and c["bare-forwarder"]["p50_ms"] > 0
     ]
     text = "Serve ingress below LiteLLM at 1, 32, 128: " + ("yes" if below else "no")
+    rates = r.get("sustained_requests_per_s", {})
+    if rates:
+        text += "; sustained req/s (fixed backend, <1% errors): " + ", ".join(
+            f"{key.removeprefix('fixed-')} {value:.0f}"
+            for key, value in rates.items()
+            if key.startswith("fixed-")
+        )
     if ratios:
         text += f"; standalone / bare forwarder p50 at most {max(ratios):.2f}x"
     else:
