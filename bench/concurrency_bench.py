@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="Fewer requests per level.")
     args = parser.parse_args()
     levels = [1, 4, 16, 64, 128] if args.quick else [1, 2, 4, 8, 16, 32, 64, 128]
-    per_level = 3 if args.quick else 8  # requests per concurrent slot
+    per_level = 2 if args.quick else 8  # requests per concurrent slot
     workdir = Path(tempfile.mkdtemp(prefix="first-bench-concurrency-"))
     ray_temp = tempfile.mkdtemp(prefix="first-bench-", dir="/tmp")
     path = stack_config(workdir, ray_temp)

@@ -88,7 +88,9 @@ def poisson(rate: float, prompts: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results/routing.json")
-    parser.add_argument("--quick", action="store_true", help="10 s per run instead of 40 s.")
+    parser.add_argument(
+        "--quick", action="store_true", help="Only 80% load, 10 s per run instead of 40 s."
+    )
     parser.add_argument("--tokenizer", default=str(TINY_MODEL))
     args = parser.parse_args()
     seconds = 10 if args.quick else 40
@@ -104,7 +106,7 @@ def main() -> None:
                 tokenizer = Path(args.tokenizer)
                 warm_up = workdir / "warm-up.json"
                 vllm_bench_serve(url, MODEL, tokenizer, warm_up, *poisson(2.0, 10))
-                for load in LOADS:
+                for load in (0.8,) if args.quick else LOADS:
                     rate = load * capacity
                     out = workdir / f"{policy}-{load}.json"
                     raw = vllm_bench_serve(

@@ -63,7 +63,9 @@ def commit() -> str:
     done = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH
     )
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=BENCH).returncode != 0
+    # Results and this README change as the suite runs; only code counts.
+    changed = ["git", "diff", "--quiet", "HEAD", "--", ".", ":!bench/results", ":!bench/README.md"]
+    dirty = subprocess.run(changed, cwd=BENCH.parent).returncode != 0
     return (done.stdout.strip() or "unknown") + ("+changes" if dirty else "")
 
 
