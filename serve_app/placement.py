@@ -75,7 +75,8 @@ class Placer:
         self.latency_tolerance = latency_tolerance
         self._turn = itertools.count()
         self._random = random.Random(seed)
-        self.memory = memory or PrefixMemory(capacity=100_000)
+        # Not `memory or ...`: an empty memory has length 0 and would be replaced.
+        self.memory = memory if memory is not None else PrefixMemory(capacity=100_000)
         self.load_bound = load_bound
 
     def order(

@@ -96,3 +96,11 @@ def test_the_memory_forgets_the_least_recently_used_blocks_first():
     assert memory.longest_match(new, {"a", "b"}) == ("b", 3)
     assert memory.longest_match(old, {"a", "b"}) == ("a", 3)  # its last block is kept
     assert memory.longest_match(old[:2], {"a", "b"}) is None
+
+
+def test_the_placer_keeps_the_memory_it_is_given():
+    memory = PrefixMemory(capacity=4)  # empty, so of length 0
+    placer = Placer("prefix-aware", memory=memory)
+    placer.remember(blocks(SYSTEM), "a")
+    assert placer.memory is memory
+    assert len(memory) == 4
