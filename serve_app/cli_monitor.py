@@ -138,18 +138,19 @@ def monitor_up(
 
 
 def _wait_ready(prometheus: subprocess.Popen, url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
+    from deployments.site_runner import poll_until_ok
+
+    def ready() -> httpx.Response:
         if prometheus.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
             raise click.ClickException(f"Prometheus exited: {' '.join(tail)}")
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise click.ClickException(f"Prometheus did not become ready in {READY_TIMEOUT_S:.0f} s")
+        return httpx.get(f"{url}/-/ready", timeout=2)
+
+    failure = poll_until_ok(ready, time.monotonic() + READY_TIMEOUT_S, interval_s=0.5)
+    if failure is not None:
+        raise click.ClickException(
+            f"Prometheus did not become ready in {READY_TIMEOUT_S:.0f} s (last: {failure})"
+        )
 
 
 def _where_to_look(url: str, config_file: Path) -> str:

@@ -66,15 +66,7 @@ class Gateway:
         self.limiter = limiter
         self.ledger = ledger
         self._background: set[asyncio.Task] = set()
-        served = {model.id for site in config.sites for model in site.site_config.models}
-        self.metrics = GatewayMetrics(served, config.metrics.enabled)
-        hot = [
-            (site.name, model.id)
-            for site in config.sites
-            for model in site.site_config.models
-            if model.autoscaling.preset == "hot"
-        ]
-        self.metrics.declare(hot, config.metrics.ttft_objective_s)
+        self.metrics = GatewayMetrics.from_config(config)
         self.sites = {site.name: SiteState(site, config, self.metrics) for site in config.sites}
         pollers = {name: StatusPoller(state, channels[name]) for name, state in self.sites.items()}
         self.pollers = list(pollers.values())
@@ -86,7 +78,7 @@ class Gateway:
             memory=PrefixMemory(placement.prefix.memory_blocks),
             load_bound=placement.prefix.load_bound,
         )
-        self.forwarder = Forwarder(self.sites, config.placement.retry_after_s, self.metrics)
+        self.forwarder = Forwarder(self.sites, placement.retry_after_s, self.metrics)
         self.started_at = int(time.time())
 
     async def start(self) -> None:

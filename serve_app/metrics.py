@@ -191,6 +191,15 @@ class GatewayMetrics:
     returns at once (the benchmark's "metrics off").
     """
 
+    @classmethod
+    def from_config(cls, config: FederationConfig) -> GatewayMetrics:
+        """The recorder for a federation: its models, and what its config promises."""
+        models = [(site.name, m) for site in config.sites for m in site.site_config.models]
+        metrics = cls({model.id for _, model in models}, config.metrics.enabled)
+        hot = [(site, model.id) for site, model in models if model.autoscaling.preset == "hot"]
+        metrics.declare(hot, config.metrics.ttft_objective_s)
+        return metrics
+
     def __init__(self, models: set[str], enabled: bool = True):
         self.models = frozenset(models)
         self.enabled = enabled
