@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from bench.gateway_bench import FIRST_KEY, log, start_serve_stack
-from bench.harness import REPO, TINY_MODEL, latency_summary, vllm_bench_serve
+from bench.harness import REPO, TINY_MODEL, latency_summary, standalone_gateway, vllm_bench_serve
 from serve_app.cli_process import FirstProcess, free_port
 from serve_app.config import load_federation
 
@@ -50,28 +50,6 @@ def stack_config(workdir: Path, ray_temp: str) -> Path:
     config["store"] = {"path": str(workdir / "first.db")}
     config["limits"] = None
     path = workdir / "federation.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def standalone_config(stack: Path, workdir: Path) -> Path:
-    """The same gateway under uvicorn (`--standalone`) in front of the stack's site."""
-    federation = load_federation(stack)
-    site = federation.sites[0]
-    config = {
-        "gateway": {"port": free_port()},
-        "store": {"path": str(workdir / "first.db")},
-        "limits": None,
-        "sites": [
-            {
-                "name": site.name,
-                "site": site.site_config.model_dump(mode="json"),
-                "base_url": site.url,
-                "channel": {"kind": "local"},
-            }
-        ],
-    }
-    path = workdir / "federation-standalone.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -102,8 +80,10 @@ def main() -> None:
         stack = start_serve_stack(path, workdir)
         processes.append(stack)
         gateway_url = stack.wait_ready(600)
+        # The same gateway under uvicorn, with the same keys and ledger.
+        standalone_path = standalone_gateway(path, workdir, "standalone")
         standalone = FirstProcess.start(
-            ["gateway", "up", "--standalone", "--config", str(standalone_config(path, workdir))],
+            ["gateway", "up", "--standalone", "--config", str(standalone_path)],
             workdir,
             "standalone",
         )

@@ -82,29 +82,43 @@ def running_policy_gateway(stack: Path, policy: str, workdir: Path) -> Iterator[
         process.stop()
 
 
-def policy_gateway(stack: Path, policy: str, workdir: Path) -> Path:
-    """A standalone gateway's config: the stack's sites by URL, placed by `policy`."""
+def standalone_gateway(
+    stack: Path, workdir: Path, name: str, channel: dict | None = None, **sections: object
+) -> Path:
+    """A standalone gateway's config (`federation-NAME.yaml`): the stack's sites by URL,
+    the stack's store, no rate limits; `sections` replace top-level sections."""
     federation = load_federation(stack)
     config = {
         "gateway": {"port": free_port()},
-        "auth": {"required": False},
         "limits": None,
-        "ledger": {"enabled": False},
         "store": {"path": str(workdir / "first.db")},
-        "placement": {"policy": policy},
         "sites": [
             {
                 "name": site.name,
                 "site": site.site_config.model_dump(mode="json"),
                 "base_url": site.url,
-                "channel": {"kind": "local", "poll_interval_s": 1.0},
+                "channel": channel or {"kind": "local"},
             }
             for site in federation.sites
         ],
+        **sections,
     }
-    path = workdir / f"federation-{policy}.yaml"
+    path = workdir / f"federation-{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def policy_gateway(stack: Path, policy: str, workdir: Path) -> Path:
+    """An open standalone gateway placing by `policy`: no auth, no ledger, 1 s polls."""
+    return standalone_gateway(
+        stack,
+        workdir,
+        policy,
+        channel={"kind": "local", "poll_interval_s": 1.0},
+        auth={"required": False},
+        ledger={"enabled": False},
+        placement={"policy": policy},
+    )
 
 
 def vllm_bench_serve(url: str, model: str, tokenizer: Path, out: Path, *load: str) -> dict:
