@@ -25,7 +25,14 @@ from pathlib import Path
 import yaml
 
 from bench.gateway_bench import FIRST_KEY, log, start_serve_stack
-from bench.harness import REPO, TINY_MODEL, latency_summary, standalone_gateway, vllm_bench_serve
+from bench.harness import (
+    REPO,
+    TINY_MODEL,
+    cpu_use,
+    latency_summary,
+    standalone_gateway,
+    vllm_bench_serve,
+)
 from serve_app.cli_process import FirstProcess, free_port
 from serve_app.config import load_federation
 
@@ -97,10 +104,12 @@ def main() -> None:
             prompts = max(concurrency * per_level, 16)
             for target, url in paths.items():
                 out = workdir / f"{target}-{concurrency}.json"
-                raw = vllm_bench_serve(
-                    url, MODEL, TINY_MODEL, out, *closed_loop(concurrency, prompts)
-                )
+                with cpu_use() as cpu:
+                    raw = vllm_bench_serve(
+                        url, MODEL, TINY_MODEL, out, *closed_loop(concurrency, prompts)
+                    )
                 run = {"path": target, "concurrency": concurrency, **latency_summary(raw)}
+                run["cpu_s"] = cpu
                 runs.append(run)
                 log(
                     f"c={concurrency:<4} {target:<10} p50 {run['p50_e2el_ms']:7.1f} ms "
@@ -122,6 +131,12 @@ def main() -> None:
         peak = max(r["output_tokens_per_s"] for r in path_runs)
         return round(peak / best["output_tokens_per_s"], 3)
 
+    def cpu_per_1k_tokens(run: dict) -> dict:
+        tokens = run["completed"] * OUTPUT_TOKENS / 1000
+        spent = {k: v for k, v in run["cpu_s"].items() if k not in ("wall_s", "cores")}
+        return {role: round(seconds / tokens, 3) for role, seconds in spent.items()}
+
+    at_level = best["concurrency"]
     result = {
         "what": "tiny-llama (vLLM CPU) through the gateway on Serve, 1 to 128 concurrent",
         "load_tool": "vllm bench serve (random dataset, closed loop at --max-concurrency)",
@@ -134,6 +149,11 @@ def main() -> None:
         "engine's best concurrency",
         "throughput_gateway_over_site_at_best": at_best(through),
         "throughput_standalone_over_site_at_best": at_best(standalone_runs),
+        # Where the CPU went at the site's best level, per 1,000 output tokens: the
+        # engine's share is what a path leaves it on this machine's shared cores.
+        "cpu_s_per_1k_tokens_at_best_site_level": {
+            run["path"]: cpu_per_1k_tokens(run) for run in runs if run["concurrency"] == at_level
+        },
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     log(f"wrote {args.out}")

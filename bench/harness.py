@@ -5,13 +5,16 @@ gateway per placement policy in front of them, and `vllm bench serve` as the loa
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import yaml
 
 from serve_app.cli_process import FirstProcess, free_port
@@ -149,3 +152,59 @@ def latency_summary(raw: dict) -> dict:
     result["completed"] = raw["completed"]
     result["failed"] = raw.get("failed", 0)
     return result
+
+
+# Who spends the CPU, told apart by process title (Ray names its actors
+# `ray::ServeReplica:APP:DEPLOYMENT`, vLLM its processes `VLLM::...`).
+CPU_ROLES = (
+    ("vllm_engine", "VLLM::"),
+    ("llm_server_replicas", ":LLMServer"),
+    ("site_ingress_replicas", ":OpenAiIngress"),
+    ("gateway_replicas", "ServeReplica:gateway:"),
+    ("serve_proxy", "ray::ProxyActor"),
+    ("standalone_gateway", "gateway up --standalone"),
+)
+
+
+def _cpu_by_process() -> dict[int, tuple[str, float]]:
+    seen = {}
+    for process in psutil.process_iter(["cmdline", "cpu_times"]):
+        title = " ".join(process.info["cmdline"] or ())
+        times = process.info["cpu_times"]
+        if times is None:
+            continue
+        role = next((role for role, mark in CPU_ROLES if mark in title), "everything_else")
+        seen[process.pid] = (role, times.user + times.system)
+    return seen
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@contextmanager
+def cpu_use() -> Iterator[dict]:
+    """CPU seconds every role spent while the block ran, with the wall time and the
+    machine's cores: on a machine where all of them share few cores, what the engine
+    did not get went somewhere, and this says where.
+
+    The load generator is this process's child and has exited when the block ends,
+    so it is counted from the children's resource usage; a process that ended
+    during the block is missing from its role.
+    """
+    before, children, started = _cpu_by_process(), _children_cpu(), time.monotonic()
+    busy = psutil.cpu_times()
+    used: dict = {}
+    yield used
+    after, idle = _cpu_by_process(), psutil.cpu_times()
+    roles = dict.fromkeys([role for role, _ in CPU_ROLES] + ["everything_else"], 0.0)
+    for pid, (role, seconds) in after.items():
+        previous = before.get(pid)
+        roles[role] += seconds - (previous[1] if previous and previous[0] == role else 0.0)
+    wall = time.monotonic() - started
+    roles["load_generator"] = _children_cpu() - children
+    used.update({role: round(seconds, 2) for role, seconds in roles.items()})
+    used["idle"] = round(idle.idle - busy.idle, 2)
+    used["wall_s"] = round(wall, 2)
+    used["cores"] = psutil.cpu_count()

@@ -45,9 +45,10 @@ def routing(result: dict, out: Path) -> None:
 
 
 def prefix(result: dict, out: Path) -> None:
-    """Time to first token (mean, p50, p99) and output throughput per policy."""
-    runs = result["runs"]
-    policies = [r["policy"] for r in runs]
+    """Time to first token (mean, p50, p99) and output throughput per policy (and per
+    replica router inside one site, when measured)."""
+    runs = result["runs"] + result.get("site_runs", [])
+    policies = [r["policy"] if "policy" in r else f"in-site\n{r['router']}" for r in runs]
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     metrics = ("mean_ttft_ms", "p50_ttft_ms", "p99_ttft_ms")
     width = 0.8 / len(metrics)
@@ -64,7 +65,7 @@ def prefix(result: dict, out: Path) -> None:
     left.legend()
     right.bar(policies, [r["output_tokens_per_s"] for r in runs], color="tab:gray")
     right.set_ylabel("output tokens/s")
-    figure.suptitle("Multi-turn chat over shared documents, two vLLM sites")
+    figure.suptitle("Multi-turn chat over shared documents: two vLLM sites (and two replicas)")
     figure.tight_layout()
     figure.savefig(out, dpi=110)
     plt.close(figure)
@@ -75,7 +76,9 @@ def concurrency(result: dict, out: Path) -> None:
     as arXiv 2508.17814 plots them."""
     runs = sorted(result["runs"], key=lambda r: r["concurrency"])
     x = [r["concurrency"] for r in runs]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    cpu = result.get("cpu_s_per_1k_tokens_at_best_site_level")
+    figure, axes = plt.subplots(1, 3 if cpu else 2, figsize=(16 if cpu else 11, 4))
+    left, right = axes[0], axes[1]
     for metric, label in (
         ("p50_e2el_ms", "p50 latency"),
         ("p99_e2el_ms", "p99 latency"),
@@ -102,10 +105,25 @@ def concurrency(result: dict, out: Path) -> None:
     right.set_xlabel("concurrent requests")
     right.set_ylabel("output tokens/s")
     right.legend()
+    if cpu:
+        cpu_use(axes[2], cpu, result["best_site_concurrency"])
     figure.suptitle(result.get("what", "Concurrency"))
     figure.tight_layout()
     figure.savefig(out, dpi=110)
     plt.close(figure)
+
+
+def cpu_use(axes: plt.Axes, cpu: dict, level: int) -> None:
+    """Stacked CPU seconds per 1,000 output tokens by role, one bar per path."""
+    paths = list(cpu)
+    roles = [role for role in next(iter(cpu.values())) if any(cpu[p][role] for p in paths)]
+    bottom = [0.0] * len(paths)
+    for role in roles:
+        heights = [cpu[path][role] for path in paths]
+        axes.bar(paths, heights, bottom=bottom, label=role.replace("_", " "))
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    axes.set_ylabel(f"CPU s per 1,000 output tokens at {level} concurrent")
+    axes.legend(fontsize="small")
 
 
 PLOTS: dict[str, Callable[[dict, Path], None]] = {

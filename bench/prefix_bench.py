@@ -8,6 +8,11 @@ half of the workload's documents, too small for all of them. The two sites
 run colocated on one Serve stack; one standalone gateway per policy fronts
 both.
 
+Inside a site (`--site-routers`, part of the full run): one site whose model
+runs two such replicas, once with Serve's default router (power of two
+choices) and once with `request_router: prefix-aware` (ray.serve.llm's
+`PrefixCacheAffinityRouter`), the same workload sent straight to the site.
+
 The workload is multi-turn chat over shared documents, written as a custom
 `vllm bench serve` dataset: each of `--documents` documents (about 1,000
 tokens) is discussed in `--conversations` conversations of `--turns` turns;
@@ -37,10 +42,12 @@ from bench.harness import (
     sites_stack,
     vllm_bench_serve,
 )
+from serve_app.config import load_federation
 
 MODEL = "tiny-prefix"
 PREFIX_MODEL = REPO / ".first" / "models" / "tiny-prefix"
 POLICIES = ("prefix-aware", "least-loaded", "round-robin")
+SITE_ROUTERS = ("prefix-aware", "power-of-two")
 WORDS = [
     "climate",
     "ocean",
@@ -80,7 +87,7 @@ WORDS = [
 ]
 
 
-def site(name: str, cache_blocks: int) -> dict:
+def site(name: str, cache_blocks: int, replicas: int = 1, router: str = "power-of-two") -> dict:
     return {
         "name": name,
         "models": [
@@ -98,18 +105,20 @@ def site(name: str, cache_blocks: int) -> dict:
                 },
                 "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
                 "resources": {"cpus": 1},
-                "autoscaling": {"preset": "hot", "max_replicas": 1},
+                "autoscaling": {
+                    "preset": "hot",
+                    "min_replicas": replicas,
+                    "initial_replicas": replicas,
+                    "max_replicas": replicas,
+                },
+                "request_router": router,
             }
         ],
     }
 
 
 def conversations(path: Path, documents: int, per_document: int, turns: int, seed: int) -> int:
-    """Write the dataset (JSONL, one prompt per line, in sending order); its line count.
-
-    Each policy gets its own documents (`seed`), so that none starts with the
-    caches the policy before it filled.
-    """
+    """Write the dataset (JSONL, one prompt per line, in sending order); its line count."""
     chooser = random.Random(seed)
 
     def text(words: int) -> str:
@@ -129,6 +138,47 @@ def conversations(path: Path, documents: int, per_document: int, turns: int, see
     return len(lines)
 
 
+def measured(url: str, dataset: Path, load: list[str], out: Path) -> dict:
+    raw = vllm_bench_serve(url, MODEL, PREFIX_MODEL, out, *load, "--dataset-path", str(dataset))
+    run = latency_summary(raw)
+    log(
+        f"{out.stem:<22} TTFT mean {run['mean_ttft_ms']:7.1f} ms p50 "
+        f"{run['p50_ttft_ms']:7.1f} p99 {run['p99_ttft_ms']:7.1f}, "
+        f"{run['output_tokens_per_s']:.1f} tokens/s"
+    )
+    return run
+
+
+def federation_runs(args: argparse.Namespace, workdir: Path, load: list[str]) -> list[dict]:
+    """Each placement policy through its own standalone gateway, two one-replica sites."""
+    ray_temp = tempfile.mkdtemp(prefix="first-bench-", dir="/tmp")
+    sites = [site(name, args.cache_blocks) for name in ("east", "west")]
+    stack_path = sites_stack(workdir, ray_temp, sites)
+    runs = []
+    log(f"starting two vLLM sites, workdir {workdir}")
+    with running_stack(stack_path, workdir, ray_temp, 900):
+        for seed, policy in enumerate(POLICIES):
+            with running_policy_gateway(stack_path, policy, workdir) as url:
+                run = measured(url, args.datasets[seed], load, workdir / f"{policy}.json")
+            runs.append({"policy": policy, **run})
+    return runs
+
+
+def site_runs(args: argparse.Namespace, workdir: Path, load: list[str]) -> list[dict]:
+    """Serve's replica routers inside one site of two replicas, the site called directly."""
+    runs = []
+    for seed, router in enumerate(SITE_ROUTERS, start=len(POLICIES)):
+        ray_temp = tempfile.mkdtemp(prefix="first-bench-", dir="/tmp")
+        pool = site(f"pool-{router}", args.cache_blocks, replicas=2, router=router)
+        stack_path = sites_stack(workdir, ray_temp, [pool])
+        log(f"starting one site of two vLLM replicas, router {router}")
+        with running_stack(stack_path, workdir, ray_temp, 900):
+            url = load_federation(stack_path).sites[0].url
+            run = measured(url, args.datasets[seed], load, workdir / f"site-{router}.json")
+        runs.append({"router": router, **run})
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results/prefix.json")
@@ -138,7 +188,12 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--rate", type=float, default=1.5, help="Requests per second.")
     parser.add_argument(
-        "--cache-blocks", type=int, default=64, help="KV blocks (128 tokens) per site."
+        "--cache-blocks", type=int, default=64, help="KV blocks (128 tokens) per replica."
+    )
+    parser.add_argument(
+        "--site-routers",
+        action="store_true",
+        help="Also compare Serve's replica routers inside one site of two replicas.",
     )
     args = parser.parse_args()
     if args.quick:
@@ -146,34 +201,17 @@ def main() -> None:
     if not (PREFIX_MODEL / "config.json").exists():
         raise SystemExit(f"no model at {PREFIX_MODEL} (make bench builds it)")
     workdir = Path(tempfile.mkdtemp(prefix="first-bench-prefix-"))
-    ray_temp = tempfile.mkdtemp(prefix="first-bench-", dir="/tmp")
-    datasets = {policy: workdir / f"conversations-{policy}.jsonl" for policy in POLICIES}
-    for seed, path in enumerate(datasets.values()):
+    # Each run gets its own documents, so that none starts with the caches the one
+    # before it filled.
+    args.datasets = [workdir / f"conversations-{seed}.jsonl" for seed in range(5)]
+    for seed, path in enumerate(args.datasets):
         prompts = conversations(path, args.documents, args.conversations, args.turns, seed)
-    stack_path = sites_stack(
-        workdir, ray_temp, [site(name, args.cache_blocks) for name in ("east", "west")]
-    )
     load = [
         "--dataset-name", "custom", "--disable-shuffle",
         "--custom-output-len", "16", "--ignore-eos", "--skip-chat-template",
         "--request-rate", str(args.rate), "--burstiness", "1.0", "--num-prompts", str(prompts),
     ]  # fmt: skip
-    runs = []
-    log(f"starting two vLLM sites, workdir {workdir}")
-    with running_stack(stack_path, workdir, ray_temp, 900):
-        for policy in POLICIES:
-            with running_policy_gateway(stack_path, policy, workdir) as url:
-                dataset = ["--dataset-path", str(datasets[policy])]
-                out = workdir / f"{policy}.json"
-                raw = vllm_bench_serve(url, MODEL, PREFIX_MODEL, out, *load, *dataset)
-            run = {"policy": policy, **latency_summary(raw)}
-            runs.append(run)
-            log(
-                f"{policy:<13} TTFT mean {run['mean_ttft_ms']:7.1f} ms p50 "
-                f"{run['p50_ttft_ms']:7.1f} p99 {run['p99_ttft_ms']:7.1f}, "
-                f"{run['output_tokens_per_s']:.1f} tokens/s"
-            )
-
+    runs = federation_runs(args, workdir, load)
     by = {run["policy"]: run for run in runs}
     result = {
         "what": "prefix-aware placement vs least-loaded and round-robin, two vLLM sites",
@@ -184,7 +222,7 @@ def main() -> None:
             "turns": args.turns,
             "requests": prompts,
             "rate_per_s": args.rate,
-            "cache_blocks_per_site": args.cache_blocks,
+            "cache_blocks_per_replica": args.cache_blocks,
         },
         "runs": runs,
         "target": "prefix-aware mean TTFT at least 30% lower than least-loaded, throughput "
@@ -193,6 +231,13 @@ def main() -> None:
             by["prefix-aware"]["mean_ttft_ms"] / by["least-loaded"]["mean_ttft_ms"], 3
         ),
     }
+    if args.site_routers:
+        inside = site_runs(args, workdir, load)
+        routers = {run["router"]: run for run in inside}
+        result["site_runs"] = inside
+        result["mean_ttft_site_prefix_aware_over_power_of_two"] = round(
+            routers["prefix-aware"]["mean_ttft_ms"] / routers["power-of-two"]["mean_ttft_ms"], 3
+        )
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     log(f"wrote {args.out}")
 
