@@ -230,9 +230,16 @@ def serve_standalone(config: FederationConfig, on_ready: Callable[[], None]) -> 
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """Bind here, not in uvicorn, which answers a busy port with a log line and sys.exit."""
+    """Bind here, not in uvicorn, which answers a busy port with a log line and sys.exit.
+
+    TCP_NODELAY is set here because uvloop does not set it on connections it
+    accepts from a socket it was handed (they inherit the listener's): with
+    Nagle on, a keep-alive client waited for its delayed ACK, 40 ms, between
+    an answer's headers and its body on every request after the first.
+    """
     listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         listening.bind((host, port))
     except OSError as exc:
