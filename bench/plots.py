@@ -122,8 +122,8 @@ def cpu_use(axes: plt.Axes, cpu: dict, level: int) -> None:
         heights = [cpu[path][role] for path in paths]
         axes.bar(paths, heights, bottom=bottom, label=role.replace("_", " "))
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
-    axes.set_ylabel(f"CPU s per 1,000 output tokens at {level} concurrent")
-    axes.legend(fontsize="small")
+    axes.set_ylabel(f"CPU s per 1,000 output tokens, {level} concurrent")
+    axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
 PLOTS: dict[str, Callable[[dict, Path], None]] = {

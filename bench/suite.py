@@ -110,17 +110,24 @@ def _gateway(r: dict) -> tuple[str, bool]:
     """The Serve-hosted ingress adds less than LiteLLM's proxy, p50 and p99, at every level;
     the standalone one at most 1.5x a bare uvicorn + httpx forwarder (when measured)."""
     added = r["added_latency_ms"]
-    cells = [cell for key, cell in added.items() if key.startswith("fixed-")]
-    below = all(
-        c["gateway-serve"][q] < c["litellm"][q] for c in cells for q in ("p50_ms", "p99_ms")
-    )
+    cells = {key: cell for key, cell in added.items() if key.startswith("fixed-")}
+    above = [
+        f"{key.removeprefix('fixed-')} {q.removesuffix('_ms')} "
+        f"({c['gateway-serve'][q]:.1f} vs {c['litellm'][q]:.1f} ms)"
+        for key, c in cells.items()
+        for q in ("p50_ms", "p99_ms")
+        if c["gateway-serve"][q] >= c["litellm"][q]
+    ]
+    below = not above
     ratios = [
         c["gateway-standalone"][q] / c["bare-forwarder"][q]
-        for c in cells
+        for c in cells.values()
         for q in ("p50_ms", "p99_ms")
         if "bare-forwarder" in c and c["bare-forwarder"][q] > 0
     ]
-    text = "Serve ingress below LiteLLM at 1, 32, 128: " + ("yes" if below else "no")
+    text = "Serve ingress below LiteLLM at 1, 32, 128: " + (
+        "yes" if below else "not at " + ", ".join(above)
+    )
     rates = r.get("sustained_requests_per_s", {})
     if rates:
         text += "; sustained req/s (fixed backend, <1% errors): " + ", ".join(
