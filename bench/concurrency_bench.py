@@ -31,6 +31,7 @@ from bench.harness import (
     cpu_use,
     latency_summary,
     standalone_gateway,
+    start_standalone_gateway,
     vllm_bench_serve,
 )
 from serve_app.cli_process import FirstProcess, free_port
@@ -89,11 +90,7 @@ def main() -> None:
         gateway_url = stack.wait_ready(600)
         # The same gateway under uvicorn, with the same keys and ledger.
         standalone_path = standalone_gateway(path, workdir, "standalone")
-        standalone = FirstProcess.start(
-            ["gateway", "up", "--standalone", "--config", str(standalone_path)],
-            workdir,
-            "standalone",
-        )
+        standalone = start_standalone_gateway(standalone_path, workdir, "standalone")
         processes.append(standalone)
         standalone_url = standalone.wait_ready(120)
         site_url = load_federation(path).sites[0].url

@@ -45,7 +45,7 @@ import httpx
 import psutil
 import yaml
 
-from bench.harness import one_replica_gateway
+from bench.harness import one_replica_gateway, start_standalone_gateway
 from serve_app.cli_process import FirstProcess, free_port
 from serve_app.config import load_federation
 
@@ -336,11 +336,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script: start, measure, stop
         serve_url = serve.wait_ready(600)
         log(f"gateway on Serve ready in {time.monotonic() - started:.0f} s at {serve_url}")
         site_url = load_federation(serve_path).sites[0].url
-        standalone = FirstProcess.start(
-            ["gateway", "up", "--standalone", "--config", str(standalone_path)],
-            workdir,
-            "standalone",
-        )
+        standalone = start_standalone_gateway(standalone_path, workdir, "standalone")
         firsts.append(standalone)
         standalone_url = standalone.wait_ready(120)
         log(f"standalone gateway ready at {standalone_url}")

@@ -73,12 +73,18 @@ def running_stack(stack: Path, workdir: Path, ray_temp: str, timeout_s: float) -
         shutil.rmtree(ray_temp, ignore_errors=True)
 
 
+def start_standalone_gateway(
+    config: Path, workdir: Path, name: str, env: dict | None = None
+) -> FirstProcess:
+    """`first gateway up --standalone` of `config`, started (`wait_ready` gives its URL)."""
+    args = ["gateway", "up", "--standalone", "--config", str(config)]
+    return FirstProcess.start(args, workdir, name, env)
+
+
 @contextmanager
 def running_policy_gateway(stack: Path, policy: str, workdir: Path) -> Iterator[str]:
     """A standalone gateway placing by `policy` in front of the stack's sites: its URL."""
-    path = policy_gateway(stack, policy, workdir)
-    args = ["gateway", "up", "--standalone", "--config", str(path)]
-    process = FirstProcess.start(args, workdir, policy)
+    process = start_standalone_gateway(policy_gateway(stack, policy, workdir), workdir, policy)
     try:
         yield process.wait_ready(120)
     finally:
@@ -194,10 +200,10 @@ def cpu_use() -> Iterator[dict]:
     during the block is missing from its role.
     """
     before, children, started = _cpu_by_process(), _children_cpu(), time.monotonic()
-    busy = psutil.cpu_times()
+    machine_before = psutil.cpu_times()
     used: dict = {}
     yield used
-    after, idle = _cpu_by_process(), psutil.cpu_times()
+    after, machine_after = _cpu_by_process(), psutil.cpu_times()
     roles = dict.fromkeys([role for role, _ in CPU_ROLES] + ["everything_else"], 0.0)
     for pid, (role, seconds) in after.items():
         previous = before.get(pid)
@@ -205,6 +211,6 @@ def cpu_use() -> Iterator[dict]:
     wall = time.monotonic() - started
     roles["load_generator"] = _children_cpu() - children
     used.update({role: round(seconds, 2) for role, seconds in roles.items()})
-    used["idle"] = round(idle.idle - busy.idle, 2)
+    used["idle"] = round(machine_after.idle - machine_before.idle, 2)
     used["wall_s"] = round(wall, 2)
     used["cores"] = psutil.cpu_count()

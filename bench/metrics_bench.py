@@ -45,6 +45,7 @@ from bench.gateway_bench import (
     summarise,
     wait_until_answering,
 )
+from bench.harness import start_standalone_gateway
 from serve_app.cli_process import FirstProcess, free_port
 from serve_app.metrics import MULTIPROCESS_DIR_VARIABLE
 
@@ -81,9 +82,7 @@ def start_gateways(
             samples.mkdir()
             env[MULTIPROCESS_DIR_VARIABLE] = str(samples)
         path = variant_config(standalone_path, variant, workdir)
-        process = FirstProcess.start(
-            ["gateway", "up", "--standalone", "--config", str(path)], workdir, variant, env
-        )
+        process = start_standalone_gateway(path, workdir, variant, env)
         firsts.append(process)
         urls[variant] = process.wait_ready(120)
     ours = (("Authorization", f"Bearer {FIRST_KEY}"),)
