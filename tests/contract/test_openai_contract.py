@@ -72,13 +72,22 @@ def test_streaming_chat_yields_several_chunks_then_ends(client, target):
 
 def test_streaming_completion_ends_with_finish_reason(client, target):
     stream = client.completions.create(
-        model=target.model, prompt="Once upon a time", max_tokens=6, stream=True
+        model=target.model,
+        prompt="Once upon a time",
+        max_tokens=6,
+        temperature=0,  # the same tokens every run
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
-    # A random-weight model often emits byte tokens that only decode together, so
-    # some chunks carry empty text: count the chunks, not the non-empty texts.
-    assert len([c for c in chunks if c.choices]) >= 3, f"expected several chunks, got {chunks}"
-    assert chunks[-1].choices[0].finish_reason == "length"
+    with_choices = [c for c in chunks if c.choices]
+    # How many chunks carry the 6 tokens is the server's choice: ray.serve.llm gathers
+    # tokens for 50 ms, and a random-weight model's byte tokens decode only together
+    # (CI once saw one text chunk for all 6). The tokens themselves are counted exactly.
+    assert len(with_choices) >= 2, f"expected text chunks before the last, got {chunks}"
+    assert with_choices[-1].choices[0].finish_reason == "length"
+    assert all(c.choices[0].finish_reason is None for c in with_choices[:-1])
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
 
 
 def test_sixteen_concurrent_requests_all_succeed(client, target):
