@@ -1,5 +1,5 @@
 """Autoscaling for site models: named Serve presets, and the hot-node keeper for Slurm sites."""
 
-from autoscaling.presets import MIN_ALLOCATIONS, PRESETS, resolve_autoscaling
+from deployments.autoscaling_presets import MIN_ALLOCATIONS, PRESETS, resolve_autoscaling
 
 __all__ = ["MIN_ALLOCATIONS", "PRESETS", "resolve_autoscaling"]

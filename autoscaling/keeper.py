@@ -30,12 +30,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from autoscaling.config import KeeperConfig
 from deployments.site_config import ModelConfig, SiteConfig
 from deployments.site_functions import launch, site_status, stop
 from deployments.site_status import JobStatus, ModelStatus, SiteStatus
-from serve_app.config import FederationConfig, KeeperConfig
-from serve_app.control_channel import ControlChannel
+from serve_app.config import FederationConfig
 from serve_app.metrics import keeper_decision
+from serve_app.routing.control_channel import ControlChannel
 
 logger = logging.getLogger("first.keeper")
 Action = Literal["launch", "stop"]

@@ -25,9 +25,9 @@ import time
 import uuid
 from pathlib import Path
 
-from serve_app.auth import build_authenticator
+from serve_app.access.auth import build_authenticator
+from serve_app.access.policy import Policy
 from serve_app.config import AuthConfig, GlobusAuthConfig, PolicyConfig
-from serve_app.policy import Policy
 from serve_app.settings import Settings
 from serve_app.store import SqliteStore, new_api_key
 from tests.fakes.globus_auth import FakeIdentity, running_fake_globus_auth

@@ -42,7 +42,7 @@ from pathlib import Path
 import openai
 import yaml
 
-from serve_app.cli_process import FirstProcess, free_port
+from tests.support.processes import FirstProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = REPO / ".first" / "models" / "tiny-llama"

@@ -45,8 +45,8 @@ import psutil
 import yaml
 from openai import OpenAI
 
-from serve_app.cli_process import FIRST, FirstProcess, free_port
 from serve_app.store import new_api_key
+from tests.support.processes import FIRST, FirstProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DEV_SLURM = REPO / "scripts" / "dev-slurm.sh"

@@ -34,8 +34,8 @@ from bench.harness import (
     start_standalone_gateway,
     vllm_bench_serve,
 )
-from serve_app.cli_process import FirstProcess, free_port
 from serve_app.config import load_federation
+from tests.support.processes import FirstProcess, free_port
 
 MODEL = "tiny-llama"
 INPUT_TOKENS, OUTPUT_TOKENS = 64, 32

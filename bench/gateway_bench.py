@@ -46,8 +46,8 @@ import psutil
 import yaml
 
 from bench.harness import one_replica_gateway, start_standalone_gateway
-from serve_app.cli_process import FirstProcess, free_port
 from serve_app.config import load_federation
+from tests.support.processes import FirstProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "sim-zero"

@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from serve_app.cli_process import FirstProcess, free_port
 from serve_app.config import load_federation
+from tests.support.processes import FirstProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = REPO / ".first" / "models" / "tiny-llama"

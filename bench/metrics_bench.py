@@ -46,8 +46,8 @@ from bench.gateway_bench import (
     wait_until_answering,
 )
 from bench.harness import start_standalone_gateway
-from serve_app.cli_process import FirstProcess, free_port
 from serve_app.metrics import MULTIPROCESS_DIR_VARIABLE
+from tests.support.processes import FirstProcess, free_port
 
 VARIANTS = ("off", "on", "on-multiprocess")
 CHAT = "/sites/fixed/v1/chat/completions"

@@ -29,7 +29,7 @@ import httpx
 import psutil
 import yaml
 
-from serve_app.cli_process import FirstProcess, free_port
+from tests.support.processes import FirstProcess, free_port
 
 ZERO_DELAY_MODEL = "sim-zero"
 

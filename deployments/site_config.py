@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from autoscaling import MIN_ALLOCATIONS, resolve_autoscaling
+from deployments.autoscaling_presets import MIN_ALLOCATIONS, resolve_autoscaling
 from deployments.config_loading import (
     AbsolutePath,
     StrictConfig,
@@ -71,7 +71,9 @@ class AutoscalingChoice(StrictConfig):
 
     model_config = StrictConfig.model_config | {"extra": "allow"}
 
-    preset: str | None = Field(None, description="hot, warm or cold (see autoscaling/presets.py).")
+    preset: str | None = Field(
+        None, description="hot, warm or cold (see deployments/autoscaling_presets.py)."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -14,23 +14,23 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from autoscaling.keeper import Keeper
-from serve_app.auth import build_authenticator
-from serve_app.batch_store import SqliteBatchStore
-from serve_app.batch_supervisor import BatchSupervisor
-from serve_app.batches import BatchService
+from serve_app.access.auth import build_authenticator
+from serve_app.access.ratelimit import LocalRateLimiter, NoRateLimiter, RateLimiter
+from serve_app.batch.service import BatchService
+from serve_app.batch.store import SqliteBatchStore
+from serve_app.batch.supervisor import BatchSupervisor
 from serve_app.config import FederationConfig
-from serve_app.control_channel import build_channels
 from serve_app.errors import register_error_handlers
-from serve_app.gateway import Gateway
-from serve_app.ledger import UsageLedger
 from serve_app.metrics import forget_dead_processes, process_ended
 from serve_app.middleware import RequestContextMiddleware
-from serve_app.ratelimit import LocalRateLimiter, NoRateLimiter, RateLimiter
 from serve_app.routes import batches, health, metrics, usage, whoami
 from serve_app.routes.inference import build_inference_router
 from serve_app.routes.models import build_models_router
+from serve_app.routing.control_channel import build_channels
+from serve_app.routing.federation import Gateway
 from serve_app.settings import Settings
 from serve_app.store import build_store
+from serve_app.usage.ledger import UsageLedger
 
 DESCRIPTION = """One OpenAI-compatible endpoint over many HPC sites.
 

@@ -28,11 +28,11 @@ from deployments.site_runner import (
     wait_until_answering,
     warm_models,
 )
-from serve_app.auth import AuthConfigError, build_authenticator
+from serve_app.access.auth import AuthConfigError, build_authenticator
+from serve_app.access.policy import Policy
 from serve_app.config import FederationConfig
-from serve_app.control_channel import ChannelError, build_channels
 from serve_app.metrics import empty_multiprocess_directory
-from serve_app.policy import Policy
+from serve_app.routing.control_channel import ChannelError, build_channels
 from serve_app.settings import SecretsError, Settings
 from serve_app.store import StoreError, build_store, new_api_key
 

@@ -24,11 +24,11 @@ from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 
 from autoscaling.keeper import Keeper
+from serve_app.access.ratelimit import LimitBook, Refusal, refuse
 from serve_app.app import build_app
 from serve_app.config import FederationConfig, LimitsConfig
-from serve_app.control_channel import build_channels
 from serve_app.metrics import serve_environment
-from serve_app.ratelimit import LimitBook, Refusal, refuse
+from serve_app.routing.control_channel import build_channels
 from serve_app.settings import Settings
 
 logger = logging.getLogger(__name__)

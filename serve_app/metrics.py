@@ -42,7 +42,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from deployments.site_status import SiteStatus
 from serve_app.config import FederationConfig
-from serve_app.metering import Meter
+from serve_app.usage.metering import Meter
 
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 OTHER = "other"  # the label value of a model or route the gateway does not know

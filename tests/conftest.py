@@ -31,9 +31,9 @@ import openai
 import pytest
 import yaml
 
-from serve_app.cli_process import FIRST, FirstProcess, free_port
 from serve_app.config import load_federation
 from tests.fakes.globus_auth import FakeGlobusAuth, FakeIdentity, running_fake_globus_auth
+from tests.support.processes import FIRST, FirstProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 STACK_START_TIMEOUT_S = 600

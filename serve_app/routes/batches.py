@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.responses import StreamingResponse
 
-from serve_app.batch_protocol import (
+from serve_app.batch.protocol import (
     BatchList,
     BatchObject,
     CreateBatchRequest,

@@ -10,10 +10,10 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from serve_app.auth import Authenticator
-from serve_app.batches import BatchService
-from serve_app.gateway import Gateway
-from serve_app.policy import Principal
+from serve_app.access.auth import Authenticator
+from serve_app.access.policy import Principal
+from serve_app.batch.service import BatchService
+from serve_app.routing.federation import Gateway
 
 
 async def gateway_of(request: Request) -> Gateway:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from serve_app.errors import InvalidRequestError, documented_errors
 from serve_app.routes.dependencies import CallerDep, GatewayDep
 from serve_app.store import UsageGrouping
-from serve_app.usage_report import PeriodError, UsageReport, usage_report
+from serve_app.usage.report import PeriodError, UsageReport, usage_report
 
 router = APIRouter(tags=["usage"])
 

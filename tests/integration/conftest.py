@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_app.cli_process import FirstProcess
 from tests.conftest import free_port, private_ray_temp
+from tests.support.processes import FirstProcess
 
 SITE_START_TIMEOUT_S = 300
 

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from serve_app.forwarding import SITE_HEADER
+from serve_app.routing.forwarding import SITE_HEADER
 
 pytestmark = pytest.mark.slow
 HELLO = [{"role": "user", "content": "Hello"}]

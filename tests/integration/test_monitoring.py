@@ -15,9 +15,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring import DASHBOARDS_DIR
-from serve_app.cli_process import FirstProcess, free_port
 from tests.conftest import ADMINS, MEMBERS, VLLM_MODEL
 from tests.integration.test_batches import chat, request_line, upload, wait_until
+from tests.support.processes import FirstProcess, free_port
 
 pytestmark = pytest.mark.slow
 CHAT = "/v1/chat/completions"

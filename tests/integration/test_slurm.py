@@ -28,7 +28,7 @@ import yaml
 from deployments.config_loading import load_config
 from deployments.site_config import SiteConfig
 from deployments.slurm import SiteJobs
-from serve_app.cli_process import FIRST, FirstProcess, free_port
+from tests.support.processes import FIRST, FirstProcess, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from serve_app.batch_files import (
+from serve_app.batch.files import (
     InvalidFileError,
     check_batch_file,
     read_lines,
     site_body,
 )
-from serve_app.batch_supervisor import _parts
+from serve_app.batch.supervisor import _parts
 from serve_app.errors import InvalidRequestError
 
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from serve_app.batch_protocol import BatchRecord, BatchResult, FileRecord
-from serve_app.batch_store import SqliteBatchStore
+from serve_app.batch.protocol import BatchRecord, BatchResult, FileRecord
+from serve_app.batch.store import SqliteBatchStore
 
 
 @pytest.fixture

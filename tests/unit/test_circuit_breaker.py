@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from serve_app.circuit_breaker import CircuitBreaker
+from serve_app.routing.circuit_breaker import CircuitBreaker
 
 
 def test_opens_after_the_threshold_of_failures_in_a_row():

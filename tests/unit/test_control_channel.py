@@ -16,7 +16,7 @@ import pytest
 
 from deployments.site_functions import site_status
 from serve_app.config import FederationConfig
-from serve_app.control_channel import (
+from serve_app.routing.control_channel import (
     ChannelError,
     GlobusComputeChannel,
     LocalChannel,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from autoscaling.config import KeeperConfig
 from autoscaling.keeper import Decision, ModelMemory, Rules, decide
 from deployments.site_config import ModelConfig
 from deployments.site_status import JobStatus, ModelStatus
-from serve_app.config import KeeperConfig
 
 HANDOVER_S = 300.0
 KEEPER = KeeperConfig(drain_s=30, scale_up_queue=8, scale_up_window_s=60, idle_window_s=900)

@@ -1,4 +1,4 @@
-"""The usage ledger's writer (serve_app/ledger.py) against the real SQLite store."""
+"""The usage ledger's writer (serve_app/usage/ledger.py) against the real SQLite store."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import sqlite3
 import time
 
 from serve_app.config import LedgerConfig
-from serve_app.ledger import UsageLedger
 from serve_app.store import SqliteStore, UsageRecord
+from serve_app.usage.ledger import UsageLedger
 
 
 def usage(n: int, user: str = "ann") -> UsageRecord:

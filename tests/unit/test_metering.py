@@ -3,7 +3,7 @@
 import asyncio
 import json
 
-from serve_app.metering import Meter
+from serve_app.usage.metering import Meter
 
 
 def sse(chunk: dict) -> bytes:

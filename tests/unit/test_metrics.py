@@ -10,8 +10,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve_app.metering import Meter
 from serve_app.metrics import REQUESTS, GatewayMetrics, exposition
+from serve_app.usage.metering import Meter
 
 ROUTE = "/v1/chat/completions"
 
@@ -48,7 +48,7 @@ def test_disabled_metrics_record_nothing():
 SERVE_PROCESS = textwrap.dedent(
     """
     import sys
-    from serve_app.metering import Meter
+    from serve_app.usage.metering import Meter
     from serve_app.metrics import GatewayMetrics
     metrics = GatewayMetrics({"tiny"})
     for _ in range(int(sys.argv[1])):

@@ -7,8 +7,8 @@ from collections import Counter
 from deployments.site_status import ModelStatus, SiteStatus
 from serve_app.config import FederationConfig
 from serve_app.metrics import GatewayMetrics
-from serve_app.placement import Candidate, Placer
-from serve_app.site_state import SiteState
+from serve_app.routing.placement import Candidate, Placer
+from serve_app.routing.site_state import SiteState
 
 
 def first_choice(placer: Placer, candidates: list[Candidate]) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from serve_app.placement import Candidate, Placer
-from serve_app.prefix_affinity import PrefixMemory, prefix_blocks, rendezvous_order
+from serve_app.routing.placement import Candidate, Placer
+from serve_app.routing.prefix_affinity import PrefixMemory, prefix_blocks, rendezvous_order
 
 SYSTEM = "You are a careful assistant for the climate group. " * 12  # ~600 characters
 

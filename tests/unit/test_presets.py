@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from autoscaling import PRESETS, resolve_autoscaling
+from deployments.autoscaling_presets import PRESETS, resolve_autoscaling
 
 
 def test_hot_never_goes_below_one_replica():

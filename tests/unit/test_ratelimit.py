@@ -1,7 +1,7 @@
 """The token buckets behind the request and token limits (pure, no clock)."""
 
+from serve_app.access.ratelimit import LimitBook
 from serve_app.config import LimitsConfig
-from serve_app.ratelimit import LimitBook
 
 
 def book(**limits) -> LimitBook:

@@ -2,9 +2,9 @@
 
 import pytest
 
+from serve_app.access.policy import Policy, Principal
 from serve_app.config import PolicyConfig
 from serve_app.errors import PermissionDeniedError
-from serve_app.policy import Policy, Principal
 from serve_app.store import SqliteStore, StoreError, UsageRecord, new_api_key
 
 

@@ -7,7 +7,7 @@ import datetime
 import pytest
 
 from serve_app.store import SqliteStore, UsageRecord
-from serve_app.usage_report import PeriodError, parse_time, usage_report
+from serve_app.usage.report import PeriodError, parse_time, usage_report
 
 NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.UTC).timestamp()
 DAY = 86400.0

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import globus_sdk
 from globus_sdk.transport import RequestsTransport, RetryConfig
 
+from serve_app.access.policy import ANONYMOUS, Policy, Principal
 from serve_app.config import AuthConfig, GlobusAuthConfig
 from serve_app.errors import (
     AuthenticationError,
@@ -32,7 +33,6 @@ from serve_app.errors import (
     GatewayError,
     PermissionDeniedError,
 )
-from serve_app.policy import ANONYMOUS, Policy, Principal
 from serve_app.settings import PREFIX, Settings
 from serve_app.store import KEY_PREFIX, KeyStore, hash_credential
 

@@ -25,10 +25,10 @@ import time
 from deployments.site_functions import launch
 from deployments.site_status import JobStatus, ModelStatus
 from serve_app.config import ColdStartConfig
-from serve_app.control_channel import ControlChannel
 from serve_app.errors import ModelStartFailedError, ModelStartingError
 from serve_app.metrics import GatewayMetrics
-from serve_app.site_state import SiteState, StatusPoller
+from serve_app.routing.control_channel import ControlChannel
+from serve_app.routing.site_state import SiteState, StatusPoller
 
 logger = logging.getLogger(__name__)
 # A model's job is "ours" for this long after launch even before a report shows it.

@@ -17,7 +17,7 @@ Round-robin and random exist for comparison.
 
 `prefix-aware` is least-loaded plus cache affinity: a request whose prompt
 starts like an earlier one goes first to the site that served that prefix
-(serve_app/prefix_affinity.py), or, for a prefix nobody remembers, to the
+(serve_app/routing/prefix_affinity.py), or, for a prefix nobody remembers, to the
 site rendezvous hashing picks for its first block; but only while that
 site's load stays within `load_bound` times the mean load of the candidates
 (plus one request), so one hot prefix cannot swamp a site (consistent
@@ -33,11 +33,9 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass
-from typing import Literal
 
-from serve_app.prefix_affinity import PrefixMemory, rendezvous_order
-
-PlacementPolicy = Literal["least-loaded", "round-robin", "random", "prefix-aware"]
+from serve_app.config.routing import PlacementPolicy
+from serve_app.routing.prefix_affinity import PrefixMemory, rendezvous_order
 
 
 @dataclass(frozen=True)

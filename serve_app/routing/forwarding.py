@@ -26,9 +26,9 @@ from starlette.responses import Response, StreamingResponse
 
 from deployments.openai_errors import error_body
 from serve_app.errors import NoSiteAvailableError, UpstreamError, UpstreamTimeoutError
-from serve_app.metering import Meter
 from serve_app.metrics import GatewayMetrics
-from serve_app.site_state import SiteState
+from serve_app.routing.site_state import SiteState
+from serve_app.usage.metering import Meter
 
 logger = logging.getLogger(__name__)
 RETRYABLE_STATUSES = frozenset({502, 503, 504})

@@ -18,22 +18,16 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serve_app.cold_start import ColdStarter
+from serve_app.access.policy import Policy, Principal
+from serve_app.access.ratelimit import RateLimiter
 from serve_app.config import FederationConfig
-from serve_app.control_channel import ControlChannel
 from serve_app.errors import (
     GatewayError,
     ModelNotFoundError,
     NoSiteAvailableError,
     SiteNotFoundError,
 )
-from serve_app.forwarding import Forwarder
-from serve_app.ledger import UsageLedger
-from serve_app.metering import Meter
 from serve_app.metrics import GatewayMetrics
-from serve_app.placement import Placer
-from serve_app.policy import Policy, Principal
-from serve_app.prefix_affinity import PrefixMemory, prefix_blocks
 from serve_app.protocol import (
     CallerLimits,
     HealthReport,
@@ -46,9 +40,15 @@ from serve_app.protocol import (
     StreamOptions,
     WhoAmI,
 )
-from serve_app.ratelimit import RateLimiter
-from serve_app.site_state import SiteState, StatusPoller
+from serve_app.routing.cold_start import ColdStarter
+from serve_app.routing.control_channel import ControlChannel
+from serve_app.routing.forwarding import Forwarder
+from serve_app.routing.placement import Placer
+from serve_app.routing.prefix_affinity import PrefixMemory, prefix_blocks
+from serve_app.routing.site_state import SiteState, StatusPoller
 from serve_app.store import UsageRecord
+from serve_app.usage.ledger import UsageLedger
+from serve_app.usage.metering import Meter
 
 T = TypeVar("T")
 

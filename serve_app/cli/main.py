@@ -15,8 +15,8 @@ import click
 
 from deployments.config_loading import ConfigError, load_config
 from deployments.site_config import SiteConfig
-from serve_app.cli_batch import batch
-from serve_app.cli_monitor import monitor
+from serve_app.cli.batch import batch
+from serve_app.cli.monitor import monitor
 
 
 def _echo(message: str) -> None:
@@ -494,7 +494,7 @@ def usage_command(config_path: str, since: str, until: str | None, by: str, as_c
     import csv
     import sys
 
-    from serve_app.usage_report import PeriodError, usage_report
+    from serve_app.usage.report import PeriodError, usage_report
 
     try:
         report = usage_report(_store_of(config_path), since, until, by, time.time())
@@ -531,7 +531,7 @@ def keeper_run(config_path: str, once: bool) -> None:
 
     from autoscaling.keeper import Keeper
     from serve_app.config import load_federation
-    from serve_app.control_channel import ChannelError, build_channels
+    from serve_app.routing.control_channel import ChannelError, build_channels
     from serve_app.settings import Settings
 
     try:

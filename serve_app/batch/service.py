@@ -1,7 +1,7 @@
 """The Files and Batches API behind the routes: uploads, batch creation, listing, cancel.
 
 Creating a batch only checks it and stores it (`validating`); the batch
-supervisor (serve_app/batch_supervisor.py) in some gateway process runs it.
+supervisor (serve_app/batch/supervisor.py) in some gateway process runs it.
 Everything is scoped to its owner: another user's file or batch does not
 exist for you.
 """
@@ -13,14 +13,15 @@ import secrets
 import time
 from collections.abc import Iterator
 
-from serve_app.batch_files import (
+from serve_app.access.policy import Principal
+from serve_app.batch.files import (
     FileTooLargeError,
     check_batch_file,
     error_result,
     read_lines,
     site_body,
 )
-from serve_app.batch_protocol import (
+from serve_app.batch.protocol import (
     ACTIVE_BATCH_STATUSES,
     BatchList,
     BatchObject,
@@ -33,11 +34,10 @@ from serve_app.batch_protocol import (
     FileObject,
     FileRecord,
 )
-from serve_app.batch_store import BatchStore
+from serve_app.batch.store import BatchStore
 from serve_app.config import BatchConfig
 from serve_app.errors import ConflictError, GatewayError, InvalidRequestError, NotFoundError
-from serve_app.gateway import Gateway
-from serve_app.policy import Principal
+from serve_app.routing.federation import Gateway
 
 COMPLETION_WINDOW_S = 24 * 3600
 

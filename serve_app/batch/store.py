@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from serve_app.batch_protocol import (
+from serve_app.batch.protocol import (
     ACTIVE_BATCH_STATUSES,
     BatchRecord,
     BatchResult,

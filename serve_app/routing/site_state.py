@@ -28,11 +28,11 @@ from pydantic import ValidationError
 
 from deployments.site_functions import site_status
 from deployments.site_status import JobStatus, ModelStatus, SiteStatus
-from serve_app.circuit_breaker import CircuitBreaker
 from serve_app.config import FederatedSiteConfig, FederationConfig
-from serve_app.control_channel import ControlChannel
 from serve_app.metrics import GatewayMetrics
-from serve_app.placement import Candidate
+from serve_app.routing.circuit_breaker import CircuitBreaker
+from serve_app.routing.control_channel import ControlChannel
+from serve_app.routing.placement import Candidate
 
 logger = logging.getLogger(__name__)
 SiteHealth = Literal["unknown", "up", "stale", "down"]

@@ -33,8 +33,9 @@ from collections.abc import Callable
 from typing import Any
 
 from deployments import batch_jobs
-from serve_app.batch_files import read_lines, site_body, unanswered_result
-from serve_app.batch_protocol import (
+from serve_app.access.policy import Principal
+from serve_app.batch.files import read_lines, site_body, unanswered_result
+from serve_app.batch.protocol import (
     BatchError,
     BatchErrors,
     BatchRecord,
@@ -42,13 +43,12 @@ from serve_app.batch_protocol import (
     BatchResult,
     FileRecord,
 )
-from serve_app.batch_store import BatchStore
-from serve_app.batches import BatchService
+from serve_app.batch.service import BatchService
+from serve_app.batch.store import BatchStore
 from serve_app.config import BatchConfig
-from serve_app.control_channel import ControlChannel
 from serve_app.errors import GatewayError, ModelStartingError, NoSiteAvailableError
-from serve_app.gateway import Gateway
-from serve_app.policy import Principal
+from serve_app.routing.control_channel import ControlChannel
+from serve_app.routing.federation import Gateway
 from serve_app.store import UsageRecord
 
 logger = logging.getLogger(__name__)

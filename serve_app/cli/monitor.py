@@ -50,7 +50,8 @@ def monitor() -> None:
 
 
 def _render(config_path: str, gateway_url: str | None, scrape_interval_s: float) -> str:
-    from serve_app.config import ConfigError, load_federation
+    from deployments.config_loading import ConfigError
+    from serve_app.config import load_federation
     from serve_app.hosting import gateway_url as url_of
 
     try:

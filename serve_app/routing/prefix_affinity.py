@@ -16,7 +16,7 @@ a system prompt, a document, the earlier turns of a conversation.
   state, so a system prompt's conversations meet at one site.
 
 Either choice only stands while that site is not overloaded
-(serve_app/placement.py bounds it); otherwise least-loaded decides.
+(serve_app/routing/placement.py bounds it); otherwise least-loaded decides.
 """
 
 from __future__ import annotations

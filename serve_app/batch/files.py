@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployments.openai_errors import describe_request_errors, error_body
-from serve_app.batch_protocol import BatchEndpoint, BatchResult
+from serve_app.batch.protocol import BatchEndpoint, BatchResult
 from serve_app.errors import GatewayError, InvalidRequestError
 from serve_app.protocol import (
     ChatCompletionRequest,

@@ -1,0 +1,70 @@
+"""The federation config, one module per section; every model is importable from here.
+
+- `federation`: the file itself (`FederationConfig`, `load_federation`), the
+  gateway's listener and each federated site with its channel and timeouts;
+- `access`: authentication, the access policy, limits;
+- `routing`: site status, circuit breaker, placement, cold start;
+- `storage`: store, usage ledger, batches, metrics.
+
+The keeper's section is `autoscaling.config.KeeperConfig`: the keeper runs
+below the gateway and must not import it.
+"""
+
+from serve_app.config.access import (
+    AuthConfig,
+    CredentialCacheConfig,
+    GlobusAuthConfig,
+    LimitsConfig,
+    ModelAccessConfig,
+    PolicyConfig,
+    UserLimitsConfig,
+)
+from serve_app.config.federation import (
+    COLOCATED_PREFIX,
+    ChannelConfig,
+    FederatedSiteConfig,
+    FederationConfig,
+    GatewayConfig,
+    GlobusComputeChannelConfig,
+    LocalChannelConfig,
+    SiteTimeoutsConfig,
+    load_federation,
+)
+from serve_app.config.routing import (
+    CircuitBreakerConfig,
+    ColdStartConfig,
+    PlacementConfig,
+    PlacementPolicy,
+    PrefixAffinityConfig,
+    StatusConfig,
+)
+from serve_app.config.storage import BatchConfig, LedgerConfig, MetricsConfig, StoreConfig
+
+__all__ = [
+    "COLOCATED_PREFIX",
+    "AuthConfig",
+    "BatchConfig",
+    "ChannelConfig",
+    "CircuitBreakerConfig",
+    "ColdStartConfig",
+    "CredentialCacheConfig",
+    "FederatedSiteConfig",
+    "FederationConfig",
+    "GatewayConfig",
+    "GlobusAuthConfig",
+    "GlobusComputeChannelConfig",
+    "LedgerConfig",
+    "LimitsConfig",
+    "LocalChannelConfig",
+    "MetricsConfig",
+    "ModelAccessConfig",
+    "PlacementConfig",
+    "PlacementPolicy",
+    "PolicyConfig",
+    "PrefixAffinityConfig",
+    "SiteTimeoutsConfig",
+    "StatusConfig",
+    "StoreConfig",
+    "UserLimitsConfig",
+    "load_federation",
+]

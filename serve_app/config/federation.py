@@ -1,0 +1,240 @@
+"""The federation config: which sites the gateway fronts, how it reaches them, how it chooses.
+
+One YAML file (`cluster_configs/local-federation.yaml` is the embedded
+default). Each site names its site config (the file the site itself runs
+from), so the gateway knows the site's models before the site ever answers
+and the status function knows where the site's dashboard is. Loaded once at
+the edge by `load_federation`, which resolves those files relative to the
+federation file and inlines them, so the config travels to Serve replicas as
+one self-contained object.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from ray.serve.config import AutoscalingConfig
+
+from autoscaling.config import KeeperConfig
+from deployments.config_loading import (
+    ConfigError,
+    StrictConfig,
+    describe_validation_errors,
+    load_config,
+    require_unique,
+)
+from deployments.site_config import NAME_PATTERN, RayClusterConfig, SiteConfig
+from serve_app.config.access import AuthConfig, LimitsConfig, PolicyConfig
+from serve_app.config.routing import (
+    CircuitBreakerConfig,
+    ColdStartConfig,
+    PlacementConfig,
+    StatusConfig,
+)
+from serve_app.config.storage import BatchConfig, LedgerConfig, MetricsConfig, StoreConfig
+
+# Where a site that shares the gateway's Ray cluster is mounted on the shared Serve proxy.
+COLOCATED_PREFIX = "/_sites"
+
+
+class LocalChannelConfig(StrictConfig):
+    """Run site functions in the gateway's own process (one machine, tests)."""
+
+    kind: Literal["local"] = "local"
+    poll_interval_s: float = Field(2.0, gt=0, description="Seconds between two status polls.")
+
+
+class GlobusComputeChannelConfig(StrictConfig):
+    """Run site functions on the site's Globus Compute endpoint (production, as in FIRST)."""
+
+    kind: Literal["globus-compute"]
+    endpoint_id: UUID = Field(description="The site's Globus Compute endpoint id.")
+    poll_interval_s: float = Field(
+        15.0, gt=0, description="Seconds between two status polls (each is a Compute task)."
+    )
+
+
+ChannelConfig = Annotated[
+    LocalChannelConfig | GlobusComputeChannelConfig, Field(discriminator="kind")
+]
+
+
+class SiteTimeoutsConfig(StrictConfig):
+    """How long the gateway waits on a site, per step of a request."""
+
+    connect_s: float = Field(3.0, gt=0, description="Opening a connection to the site.")
+    first_byte_s: float = Field(
+        300.0,
+        gt=0,
+        description="From sending a request to the response headers. A non-streaming "
+        "completion sends its headers only when generation ends, so allow for that.",
+    )
+    read_s: float = Field(
+        60.0, gt=0, description="Longest silence between two chunks of a started response."
+    )
+    total_s: float = Field(900.0, gt=0, description="Whole request, first byte to last.")
+    status_s: float = Field(10.0, gt=0, description="One status call through the channel.")
+
+
+class FederatedSiteConfig(StrictConfig):
+    """One site behind the gateway."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Short name, used in /sites/{name}/v1.")
+    site: SiteConfig | str = Field(
+        description="The site's own config: a path to its YAML file (relative to this file) "
+        "or the same mapping inline."
+    )
+    base_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="URL of the site's Serve HTTP endpoint as the gateway reaches it "
+        "(default: the one the site config describes).",
+    )
+    colocated: bool = Field(
+        False,
+        description="Run this site's models on the gateway's own Ray cluster, behind the same "
+        f"Serve proxy under {COLOCATED_PREFIX}/NAME (the embedded default).",
+    )
+    channel: ChannelConfig = Field(default_factory=LocalChannelConfig)
+    priority: int = Field(
+        0,
+        description="Higher is preferred: sites of lower priority take a model's traffic only "
+        "when no site of higher priority can.",
+    )
+    timeouts: SiteTimeoutsConfig = Field(default_factory=SiteTimeoutsConfig)
+
+    @property
+    def site_config(self) -> SiteConfig:
+        if not isinstance(self.site, SiteConfig):
+            raise RuntimeError(f"site {self.name!r}: config not loaded; use load_federation")
+        return self.site
+
+    @property
+    def url(self) -> str:
+        return (self.base_url or self.site_config.base_url).rstrip("/")
+
+
+class GatewayConfig(StrictConfig):
+    """Where the gateway listens, and the Ray cluster that hosts it under Serve."""
+
+    host: str = Field("127.0.0.1", description="Bind address of the public endpoint.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the public endpoint.")
+    app_name: str = Field("gateway", pattern=NAME_PATTERN, description="Serve application name.")
+    ray: RayClusterConfig = Field(default_factory=RayClusterConfig)
+    autoscaling: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "min_replicas": 1,
+            "max_replicas": 4,
+            "target_ongoing_requests": 64,
+        },
+        description="Serve autoscaling_config of the ingress deployment (Serve hosting only).",
+    )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
+    )
+
+    @field_validator("autoscaling")
+    @classmethod
+    def _serve_accepts(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            AutoscalingConfig(**value)
+        except ValidationError as exc:
+            raise ValueError(describe_validation_errors(exc)) from None
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+class FederationConfig(StrictConfig):
+    """The gateway and the sites it federates."""
+
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
+    keeper: KeeperConfig = Field(default_factory=KeeperConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    limits: LimitsConfig | None = Field(
+        default_factory=LimitsConfig, description="null: no limits."
+    )
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    sites: list[FederatedSiteConfig] = Field(min_length=1)
+
+    @field_validator("sites")
+    @classmethod
+    def _unique_names(cls, sites: list[FederatedSiteConfig]) -> list[FederatedSiteConfig]:
+        return require_unique(sites, "name", "site name")
+
+    @model_validator(mode="after")
+    def _colocate(self) -> FederationConfig:
+        """A colocated site runs on the gateway's cluster and proxy, under its own prefix."""
+        for index, site in enumerate(self.sites):
+            if site.colocated and isinstance(site.site, SiteConfig) and site.site.slurm:
+                raise ValueError(
+                    f"sites[{index}].colocated: the site's models run in Slurm jobs (its "
+                    "`slurm` section), not on the gateway's Ray cluster"
+                )
+            if site.colocated and isinstance(site.site, SiteConfig):
+                config = site.site.model_copy(deep=True)
+                config.ray = self.gateway.ray
+                config.serve.host = self.gateway.host
+                config.serve.port = self.gateway.port
+                config.serve.app_name = f"site-{site.name}"
+                config.serve.route_prefix = f"{COLOCATED_PREFIX}/{site.name}"
+                object.__setattr__(site, "site", config)
+        return self
+
+    @model_validator(mode="after")
+    def _policy_names_served_models(self) -> FederationConfig:
+        """A restricted model no site serves is a typo that would leave the real one open."""
+        if not all(isinstance(site.site, SiteConfig) for site in self.sites):
+            return self  # site files not loaded yet (load_federation checks again)
+        served = {m.id for site in self.sites for m in site.site_config.models}
+        for model in self.policy.models:
+            if model not in served:
+                raise ValueError(
+                    f"policy.models.{model}: no site serves this model; served: "
+                    f"{', '.join(sorted(served))}"
+                )
+        return self
+
+    def site(self, name: str) -> FederatedSiteConfig:
+        for site in self.sites:
+            if site.name == name:
+                return site
+        raise KeyError(name)
+
+    @property
+    def slurm_sites(self) -> list[SiteConfig]:
+        return [s.site_config for s in self.sites if s.site_config.slurm is not None]
+
+    @property
+    def colocated_sites(self) -> list[SiteConfig]:
+        return [s.site_config for s in self.sites if s.colocated]
+
+
+def load_federation(path: str | Path) -> FederationConfig:
+    """Load a federation file and the site files it names; ConfigError names the bad field."""
+    path = Path(path)
+    config = load_config(path, FederationConfig)
+    data = config.model_dump(exclude_unset=True)
+    for index, site in enumerate(config.sites):
+        if isinstance(site.site, str):
+            site_path = path.parent / site.site
+            try:
+                loaded = load_config(site_path, SiteConfig)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: sites[{index}].site: {exc}") from None
+            data["sites"][index]["site"] = loaded.model_dump()
+    try:
+        return FederationConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe_validation_errors(exc)}") from None
