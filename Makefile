@@ -67,9 +67,11 @@ test: install dev-slurm prometheus
 test-fast: install prometheus
 	$(BIN)/pytest -m "not slow"
 
+# ruff, and the layer contracts of pyproject.toml ([tool.importlinter]).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 format: install
 	$(BIN)/ruff format .

@@ -1,5 +1,12 @@
-"""Autoscaling for site models: named Serve presets, and the hot-node keeper for Slurm sites."""
+"""Scaling Slurm allocations with demand: the hot-node keeper and its settings.
 
-from deployments.autoscaling_presets import MIN_ALLOCATIONS, PRESETS, resolve_autoscaling
+Ray Serve scales replicas inside an allocation (the presets for that are the
+site's: deployments/autoscaling_presets.py); the keeper scales the
+allocations themselves. It sits between the gateway and the site: it imports
+`deployments` only, and the gateway hands it what it needs.
+"""
 
-__all__ = ["MIN_ALLOCATIONS", "PRESETS", "resolve_autoscaling"]
+from autoscaling.config import KeeperConfig
+from autoscaling.keeper import Decision, Keeper, decide
+
+__all__ = ["Decision", "Keeper", "KeeperConfig", "decide"]

@@ -17,8 +17,10 @@ status and, per model:
   minimum.
 
 `decide` is a pure function of the status and what the keeper remembers, so
-each rule is tested alone; `Keeper` runs it and acts. Every decision is
-logged with its reason and counted in `first_keeper_decisions_total`.
+each rule is tested alone; `Keeper` runs it and acts through each site's
+`SiteClient`. Every decision is logged with its reason and handed to
+`on_decision` (the gateway counts it in `first_keeper_decisions_total`): the
+keeper runs beside the gateway and imports nothing of it.
 """
 
 from __future__ import annotations
@@ -27,16 +29,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from autoscaling.config import KeeperConfig
-from deployments.site_config import ModelConfig, SiteConfig
-from deployments.site_functions import launch, site_status, stop
+from deployments.site_client import SiteClient
+from deployments.site_config import ModelConfig
 from deployments.site_status import JobStatus, ModelStatus, SiteStatus
-from serve_app.config import FederationConfig
-from serve_app.metrics import keeper_decision
-from serve_app.routing.control_channel import ControlChannel
 
 logger = logging.getLogger("first.keeper")
 Action = Literal["launch", "stop"]
@@ -184,16 +184,19 @@ def _release_superseded(  # noqa: PLR0913 (pure helper of decide: its state, spe
 
 
 class Keeper:
-    """Runs `decide` for every Slurm site's models and carries the decisions out."""
+    """Runs `decide` for the models of the Slurm sites in `sites` and carries the decisions out."""
 
-    def __init__(self, federation: FederationConfig, channels: dict[str, ControlChannel]):
-        self.config = federation.keeper
-        self.max_failed_starts = federation.cold_start.max_failed_starts
-        self.sites = {
-            s.name: s.site_config for s in federation.sites if s.site_config.slurm is not None
-        }
-        self.channels = channels
-        self.timeout_s = {s.name: s.timeouts.status_s for s in federation.sites}
+    def __init__(
+        self,
+        config: KeeperConfig,
+        sites: dict[str, SiteClient],
+        max_failed_starts: int,
+        on_decision: Callable[[str, Decision], None] | None = None,
+    ):
+        self.config = config
+        self.max_failed_starts = max_failed_starts
+        self.sites = {name: c for name, c in sites.items() if c.site.slurm is not None}
+        self.on_decision = on_decision
         self.memory: dict[tuple[str, str], ModelMemory] = {}
         self._stopping: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -223,57 +226,49 @@ class Keeper:
     async def look_once(self) -> list[tuple[str, Decision]]:
         """Read every site once and carry out what `decide` says; a failure skips the site."""
         taken = []
-        for name, site in self.sites.items():
+        for name, client in self.sites.items():
             try:
-                status = await self._call(
-                    name, site_status, site.model_dump(), self.timeout_s[name]
-                )
+                report = await client.status()
             except Exception as exc:
                 logger.warning("site %s: no status (%s); nothing decided", name, exc)
                 continue
-            report = SiteStatus.model_validate(status)
             if not report.reachable:
                 logger.warning("site %s unreachable (%s); nothing decided", name, report.error)
                 continue
-            for decision in self._decide(name, site, report):
-                await self._carry_out(name, site, decision)
+            for decision in self._decide(client, report):
+                await self._carry_out(client, decision)
                 taken.append((name, decision))
         return taken
 
-    def _decide(self, name: str, site: SiteConfig, report: SiteStatus) -> list[Decision]:
+    def _decide(self, client: SiteClient, report: SiteStatus) -> list[Decision]:
         now = time.monotonic()
+        site = client.site
+        rules = Rules(self.config, site.slurm.handover_s, self.max_failed_starts)
         decisions = []
         for status in report.models:
-            memory = self.memory.setdefault((name, status.id), ModelMemory(last_busy=now))
-            rules = Rules(self.config, site.slurm.handover_s, self.max_failed_starts)
+            memory = self.memory.setdefault((site.name, status.id), ModelMemory(last_busy=now))
             decisions += decide(site.model(status.id), status, rules, memory, now)
         return decisions
 
-    async def _carry_out(self, name: str, site: SiteConfig, decision: Decision) -> None:
-        keeper_decision(name, decision.model, decision.action, decision.reason)
+    async def _carry_out(self, client: SiteClient, decision: Decision) -> None:
+        name = client.name
+        if self.on_decision is not None:
+            self.on_decision(name, decision)
         what = (
             f"{decision.action} {decision.model} at {name} ({decision.reason}: {decision.detail})"
         )
         try:
             if decision.action == "launch":
-                result = await self._call(
-                    name, launch, site.model_dump(), decision.model, decision.at_least
-                )
-                jobs = ", ".join(j["job_id"] for j in result["jobs"])
-                outcome = "submitted a job" if result["submitted"] else "enough jobs already"
+                launched = await client.launch(decision.model, decision.at_least)
+                jobs = ", ".join(j.job_id for j in launched.jobs)
+                outcome = "submitted a job" if launched.submitted else "enough jobs already"
                 logger.info("%s: %s (active: %s)", what, outcome, jobs)
             else:
-                result = await self._call(
-                    name, stop, site.model_dump(), decision.model, decision.job_id
-                )
-                logger.info("%s: cancelled %s", what, ", ".join(result["cancelled"]) or "nothing")
+                stopped = await client.stop(decision.model, decision.job_id)
+                logger.info("%s: cancelled %s", what, ", ".join(stopped.cancelled) or "nothing")
         except Exception as exc:
             logger.warning("%s failed: %s", what, exc)
 
-    async def _call(self, name: str, function, *args):
-        future = self.channels[name].submit(function, *args)
-        return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s[name] + 30.0)
-
     def close(self) -> None:
-        for channel in self.channels.values():
-            channel.close()
+        for client in self.sites.values():
+            client.close()

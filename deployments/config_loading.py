@@ -15,6 +15,8 @@ from typing import Annotated, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
+from deployments.errors import FirstError
+
 
 class StrictConfig(BaseModel):
     """Base for config models: unknown keys are errors, values are re-checked on assignment."""
@@ -22,7 +24,7 @@ class StrictConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ConfigError(ValueError):
+class ConfigError(FirstError):
     """A config file that cannot be used; the message is one line, fit for a user."""
 
 

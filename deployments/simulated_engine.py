@@ -20,7 +20,8 @@ import copy
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ray.llm._internal.serve.core.configs.openai_api_models import (
@@ -113,6 +114,50 @@ def _sse(chunk: Any) -> str:
     return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """How one endpoint's answers look, in vLLM's own models: whole, and chunk by chunk."""
+
+    id_prefix: str
+    response: type
+    whole_choice: Callable[[int, str, str], Any]  # (index, text, finish reason)
+    chunk: type
+    token_choice: Callable[[int, str], Any]  # (index, token)
+    final_choice: Callable[[int, str], Any]  # (index, finish reason)
+    first_choice: Callable[[int], Any] | None = None  # chat's role chunk
+
+
+_CHAT = _Shape(
+    id_prefix="chatcmpl",
+    response=ChatCompletionResponse,
+    whole_choice=lambda i, text, reason: ChatCompletionResponseChoice(
+        index=i, message=ChatMessage(role="assistant", content=text), finish_reason=reason
+    ),
+    chunk=ChatCompletionStreamResponse,
+    token_choice=lambda i, token: ChatCompletionResponseStreamChoice(
+        index=i, delta=DeltaMessage(content=token)
+    ),
+    final_choice=lambda i, reason: ChatCompletionResponseStreamChoice(
+        index=i, delta=DeltaMessage(), finish_reason=reason
+    ),
+    first_choice=lambda i: ChatCompletionResponseStreamChoice(
+        index=i, delta=DeltaMessage(role="assistant", content="")
+    ),
+)
+_COMPLETION = _Shape(
+    id_prefix="cmpl",
+    response=CompletionResponse,
+    whole_choice=lambda i, text, reason: CompletionResponseChoice(
+        index=i, text=text, finish_reason=reason
+    ),
+    chunk=CompletionStreamResponse,
+    token_choice=lambda i, token: CompletionResponseStreamChoice(index=i, text=token),
+    final_choice=lambda i, reason: CompletionResponseStreamChoice(
+        index=i, text="", finish_reason=reason
+    ),
+)
+
+
 class SimulatedEngine(LLMEngine):
     """Generates placeholder tokens on a timetable instead of running a model."""
 
@@ -192,6 +237,18 @@ class SimulatedEngine(LLMEngine):
             if request.max_completion_tokens is not None
             else request.max_tokens
         )
+        async for item in self._answer(_CHAT, request, prompt_tokens, requested):
+            yield item
+
+    async def completions(self, request: CompletionRequest, raw_request_info=None):
+        prompt_tokens = _prompt_tokens(request.prompt)
+        async for item in self._answer(_COMPLETION, request, prompt_tokens, request.max_tokens):
+            yield item
+
+    async def _answer(
+        self, shape: _Shape, request: Any, prompt_tokens: int, requested: int | None
+    ) -> AsyncGenerator[Any, None]:
+        """One request's answer in `shape`: whole, or streamed as vLLM streams it."""
         plan = self._plan(prompt_tokens, requested)
         if isinstance(plan, ErrorResponse):
             yield plan
@@ -205,20 +262,15 @@ class SimulatedEngine(LLMEngine):
         )
         if not request.stream:
             texts = await self._texts(n, count)
-            choices = [
-                ChatCompletionResponseChoice(
-                    index=i, message=ChatMessage(role="assistant", content=t), finish_reason=reason
-                )
-                for i, t in enumerate(texts)
-            ]
-            yield ChatCompletionResponse(model=self._model_id, choices=choices, usage=usage)
+            choices = [shape.whole_choice(i, text, reason) for i, text in enumerate(texts)]
+            yield shape.response(model=self._model_id, choices=choices, usage=usage)
             return
-        response_id = f"chatcmpl-{uuid.uuid4().hex}"
+        response_id = f"{shape.id_prefix}-{uuid.uuid4().hex}"
         created = int(time.time())
 
         def chunk(choices: list, usage_info: UsageInfo | None = None) -> str:
             return _sse(
-                ChatCompletionStreamResponse(
+                shape.chunk(
                     id=response_id,
                     created=created,
                     model=self._model_id,
@@ -229,70 +281,14 @@ class SimulatedEngine(LLMEngine):
 
         announced: set[int] = set()
         async for i, token in self._interleave(n, count):
-            if i not in announced:
+            if shape.first_choice is not None and i not in announced:
                 # As vLLM: the role chunk goes out with the first token, after the wait
                 # for a slot and the prefill, so clients time the first token right.
                 announced.add(i)
-                yield chunk(
-                    [
-                        ChatCompletionResponseStreamChoice(
-                            index=i, delta=DeltaMessage(role="assistant", content="")
-                        )
-                    ]
-                )
-            yield chunk(
-                [ChatCompletionResponseStreamChoice(index=i, delta=DeltaMessage(content=token))]
-            )
+                yield chunk([shape.first_choice(i)])
+            yield chunk([shape.token_choice(i, token)])
         for i in range(n):
-            yield chunk(
-                [
-                    ChatCompletionResponseStreamChoice(
-                        index=i, delta=DeltaMessage(), finish_reason=reason
-                    )
-                ]
-            )
-        if request.stream_options and request.stream_options.include_usage:
-            yield chunk([], usage)
-
-    async def completions(self, request: CompletionRequest, raw_request_info=None):
-        prompt_tokens = _prompt_tokens(request.prompt)
-        plan = self._plan(prompt_tokens, request.max_tokens)
-        if isinstance(plan, ErrorResponse):
-            yield plan
-            return
-        count, reason = plan
-        n = request.n or 1
-        usage = UsageInfo(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=count * n,
-            total_tokens=prompt_tokens + count * n,
-        )
-        if not request.stream:
-            texts = await self._texts(n, count)
-            choices = [
-                CompletionResponseChoice(index=i, text=t, finish_reason=reason)
-                for i, t in enumerate(texts)
-            ]
-            yield CompletionResponse(model=self._model_id, choices=choices, usage=usage)
-            return
-        response_id = f"cmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
-
-        def chunk(choices: list, usage_info: UsageInfo | None = None) -> str:
-            return _sse(
-                CompletionStreamResponse(
-                    id=response_id,
-                    created=created,
-                    model=self._model_id,
-                    choices=choices,
-                    usage=usage_info,
-                )
-            )
-
-        async for i, token in self._interleave(n, count):
-            yield chunk([CompletionResponseStreamChoice(index=i, text=token)])
-        for i in range(n):
-            yield chunk([CompletionResponseStreamChoice(index=i, text="", finish_reason=reason)])
+            yield chunk([shape.final_choice(i, reason)])
         if request.stream_options and request.stream_options.include_usage:
             yield chunk([], usage)
 

@@ -15,12 +15,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.responses import JSONResponse
 from vllm.exceptions import VLLMClientError, VLLMNotFoundError, VLLMUnprocessableEntityError
 
 from deployments.openai_errors import (
-    catch_all,
+    CatchAllMiddleware,
     error_response,
     http_exception_handler,
     validation_error_handler,
@@ -84,4 +83,4 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(OpenAIHTTPException, _openai_exception)
     app.add_exception_handler(VLLMClientError, _vllm_client_error)
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)
-    app.add_middleware(BaseHTTPMiddleware, dispatch=catch_all)
+    app.add_middleware(CatchAllMiddleware)

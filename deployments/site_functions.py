@@ -3,6 +3,9 @@
 They must run unchanged in-process (local channel) and on a site's login node
 through Globus Compute, so they take and return JSON-able dicts, import what
 they need inside, and reach the site only over HTTP and Slurm's commands.
+Each answer is one of the models here (or `SiteStatus`) dumped as JSON;
+`deployments.site_client.SiteClient` calls them and reads the answers back
+into the same models.
 
 - `site_status`: per model, replicas, requests and readiness; on a Slurm
   site also the model's jobs (queued with Slurm's reason, starting, running
@@ -15,6 +18,23 @@ they need inside, and reach the site only over HTTP and Slurm's commands.
 from __future__ import annotations
 
 from typing import Any
+
+from pydantic import BaseModel, Field
+
+from deployments.site_status import JobStatus
+
+
+class LaunchResult(BaseModel):
+    """What `launch` did: submitted a job or found enough, and the model's active jobs."""
+
+    submitted: bool
+    jobs: list[JobStatus] = Field(description="The model's queued and running jobs, oldest first.")
+
+
+class StopResult(BaseModel):
+    """The job ids `stop` cancelled."""
+
+    cancelled: list[str]
 
 
 def site_status(site: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
@@ -43,9 +63,9 @@ def site_status(site: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
     except Exception as exc:  # unreachable dashboard, Slurm down: a report, not a crash
         status.error = f"{type(exc).__name__}: {exc}"
         status.models = []
-        return status.model_dump()
+        return status.model_dump(mode="json")
     status.reachable = True
-    return status.model_dump()
+    return status.model_dump(mode="json")
 
 
 def _read_serve(client, dashboard: str, app_name: str, status) -> tuple[str | None, dict, dict]:
@@ -135,18 +155,17 @@ def _slurm_site_status(client, config, status) -> None:
 def launch(site: dict[str, Any], model: str, at_least: int = 1) -> dict[str, Any]:
     """Submit a job for `model` unless `at_least` of its jobs are queued or running already.
 
-    Returns {"submitted": bool, "jobs": [JobStatus, ...]} (the model's active
-    jobs). Raises SlurmError (Slurm's message) or KeyError (unknown model).
+    A `LaunchResult`. Raises SlurmError (Slurm's message) or KeyError (unknown model).
     """
     from deployments.site_config import SiteConfig
     from deployments.slurm import SiteJobs
 
     submitted, jobs = SiteJobs(SiteConfig.model_validate(site)).launch(model, at_least)
-    return {"submitted": submitted, "jobs": [job.model_dump() for job in jobs]}
+    return LaunchResult(submitted=submitted, jobs=jobs).model_dump(mode="json")
 
 
 def stop(site: dict[str, Any], model: str, job_id: str | None = None) -> dict[str, Any]:
-    """Cancel the model's queued and running jobs (or only `job_id`); {"cancelled": [ids]}."""
+    """Cancel the model's queued and running jobs (or only `job_id`); a `StopResult`."""
     from deployments.site_config import SiteConfig
     from deployments.site_status import ACTIVE_JOB_STATES
     from deployments.slurm import SiteJobs
@@ -157,4 +176,4 @@ def stop(site: dict[str, Any], model: str, job_id: str | None = None) -> dict[st
     if job_id is not None and not chosen:
         raise KeyError(f"job {job_id} is not a queued or running job of {model}")
     jobs.cancel(chosen)
-    return {"cancelled": chosen}
+    return StopResult(cancelled=chosen).model_dump(mode="json")

@@ -16,12 +16,13 @@ from pathlib import Path
 import httpx
 import psutil
 
+from deployments.errors import FirstError
 from deployments.site_config import ModelConfig, RayClusterConfig, SiteConfig
 
 Progress = Callable[[str], None]
 
 
-class SiteStartError(RuntimeError):
+class SiteStartError(FirstError):
     """The site could not be brought up; the message says why, in one line."""
 
 

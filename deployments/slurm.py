@@ -29,6 +29,7 @@ from pathlib import Path
 
 import jinja2
 
+from deployments.errors import FirstError
 from deployments.site_config import AutoscalingChoice, ModelConfig, SiteConfig
 from deployments.site_status import ACTIVE_JOB_STATES, JobState, JobStatus
 from deployments.slurm_job import append_event
@@ -48,7 +49,7 @@ LOG_TAIL_LINES = 20
 LOG_LINE_CHARS = 300
 
 
-class SlurmError(RuntimeError):
+class SlurmError(FirstError):
     """A Slurm command failed; the message is one line and carries Slurm's own words."""
 
 

@@ -1,17 +1,16 @@
 """The gateway's one error path: typed errors in, OpenAI envelopes out.
 
 Code raises a `GatewayError` subclass; the handlers registered here turn it,
-FastAPI's validation errors and Starlette's routing errors into
-`{"error": {"message", "type", "param", "code"}}` with the right status.
-The envelope itself and the wording of validation errors are shared with the
-site (`deployments.openai_errors`), so a client sees the same errors from a
-site and from the gateway. Unhandled exceptions are caught by
-`RequestContextMiddleware` (serve_app/middleware.py).
+FastAPI's validation errors, Starlette's routing errors and any exception
+nothing handled into `{"error": {"message", "type", "param", "code"}}` with
+the right status. The envelope, the validation and routing handlers and the
+catch-all are the site's too (`deployments.openai_errors`), so a client sees
+the same errors from a site and from the gateway. A `GatewayError` gives its
+envelope as a response (`response`), as data (`body`: a batch's error line)
+or as the last event of a stream (`sse_event`).
 """
 
 from __future__ import annotations
-
-from email.message import Message
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,9 +18,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from deployments.openai_errors import (
-    describe_request_errors,
+    CatchAllMiddleware,
+    ErrorResponse,
+    error_body,
     error_response,
     http_exception_handler,
+    sse_error_event,
+    validation_error_handler,
 )
 
 
@@ -37,11 +40,17 @@ class GatewayError(Exception):
         self.param = param
         self.retry_after_s = retry_after_s
 
+    def body(self) -> dict:
+        return error_body(self.message, self.status, self.param, self.code)
+
     def response(self) -> JSONResponse:
         response = error_response(self.status, self.message, self.param, self.code)
         if self.retry_after_s is not None:
             response.headers["Retry-After"] = str(self.retry_after_s)
         return response
+
+    def sse_event(self) -> bytes:
+        return sse_error_event(self.message, self.status, self.param, self.code)
 
 
 class InvalidRequestError(GatewayError):
@@ -163,46 +172,28 @@ DOCUMENTED_ERRORS = {
 }
 
 
-def _is_json(content_type: str | None) -> bool:
-    if not content_type:
-        return True
-    message = Message()
-    message["content-type"] = content_type
-    subtype = message.get_content_subtype()
-    return message.get_content_maintype() == "application" and (
-        subtype == "json" or subtype.endswith("+json")
-    )
-
-
 async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-    gateway = getattr(request.app.state, "gateway", None)
-    if gateway is not None:
+    services = getattr(request.app.state, "services", None)
+    if services is not None:
         route = getattr(request.scope.get("route"), "path", "other")
-        gateway.metrics.refused(exc.status, exc.code, route)
+        services.metrics.refused(exc.status, exc.code, route)
     return exc.response()
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    content_type = request.headers.get("content-type")
-    if not _is_json(content_type):
-        return UnsupportedMediaTypeError(
-            f"The request body must be application/json, not {content_type}."
-        ).response()
-    message, param, code = describe_request_errors(list(exc.errors()))
-    return error_response(400, message, param=param, code=code)
-
-
 def register_error_handlers(app: FastAPI) -> None:
-    """Route every handled failure of `app` through the OpenAI envelope."""
+    """Route every failure of `app` through the OpenAI envelope.
+
+    The catch-all goes in before any other middleware, so it runs inside
+    them: its 500 carries the request id an outer one chose.
+    """
     app.add_exception_handler(GatewayError, _gateway_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)
+    app.add_middleware(CatchAllMiddleware, server="gateway")
 
 
 def documented_errors(*statuses: int) -> dict[int | str, dict]:
     """OpenAPI `responses` entries for error statuses (all of them by default)."""
-    from serve_app.protocol import ErrorResponse
-
     chosen = statuses or tuple(DOCUMENTED_ERRORS)
     return {
         status: {"model": ErrorResponse, "description": DOCUMENTED_ERRORS[status]}

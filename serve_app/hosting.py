@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 import httpx
 
+from deployments.errors import FirstError
 from deployments.site_runner import (
     Progress,
     SiteStartError,
@@ -32,7 +33,7 @@ from serve_app.access.auth import AuthConfigError, build_authenticator
 from serve_app.access.policy import Policy
 from serve_app.config import FederationConfig
 from serve_app.metrics import empty_multiprocess_directory
-from serve_app.routing.control_channel import ChannelError, build_channels
+from serve_app.routing.control_channel import ChannelError, build_site_clients
 from serve_app.settings import SecretsError, Settings
 from serve_app.store import StoreError, build_store, new_api_key
 
@@ -40,7 +41,7 @@ from serve_app.store import StoreError, build_store, new_api_key
 STARTUP_CHECK_USER = "first-startup-check"
 
 
-class GatewayStartError(RuntimeError):
+class GatewayStartError(FirstError):
     """The gateway could not start; the message says why, in one line."""
 
 
@@ -63,19 +64,19 @@ def gateway_url(config: FederationConfig) -> str:
 def verify_channels(config: FederationConfig, settings: Settings, progress: Progress) -> None:
     """Build every site's control channel and prove it works, before anything starts."""
     try:
-        channels = build_channels(config, settings)
+        clients = build_site_clients(config, settings)
     except ChannelError as exc:
         raise GatewayStartError(str(exc)) from None
     try:
-        for name, channel in channels.items():
+        for name, client in clients.items():
             try:
-                channel.verify()
+                client.verify()
             except ChannelError as exc:
                 raise GatewayStartError(f"site {name}: {exc}") from None
-        progress(f"control channels ready for {len(channels)} site(s)")
+        progress(f"control channels ready for {len(clients)} site(s)")
     finally:
-        for channel in channels.values():
-            channel.close()
+        for client in clients.values():
+            client.close()
 
 
 def verify_access(config: FederationConfig, settings: Settings) -> None:

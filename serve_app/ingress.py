@@ -23,12 +23,11 @@ from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 
-from autoscaling.keeper import Keeper
 from serve_app.access.ratelimit import LimitBook, Refusal, refuse
 from serve_app.app import build_app
 from serve_app.config import FederationConfig, LimitsConfig
 from serve_app.metrics import serve_environment
-from serve_app.routing.control_channel import build_channels
+from serve_app.services import build_keeper
 from serve_app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ class KeeperService:
     async def __init__(self, config: dict[str, Any]):
         logging.getLogger("first.keeper").setLevel(logging.INFO)  # its decisions, in its log
         federation = FederationConfig.model_validate(config)
-        self.keeper = Keeper(federation, build_channels(federation, Settings.from_environment()))
+        self.keeper = build_keeper(federation, Settings.from_environment())
         self.keeper.start()
 
     async def __del__(self) -> None:

@@ -1,31 +1,35 @@
-"""The gateway's one middleware, written against raw ASGI.
+"""What every gateway request goes through first, written against raw ASGI.
 
 Starlette's `BaseHTTPMiddleware` costs a task and a stream copy per request
-and hides client disconnects from streaming responses, so the three things
-every request needs live here in plain ASGI:
+and hides client disconnects from streaming responses, so this is plain ASGI:
 
 - a request id: the client's `X-Request-Id` or a new one, kept in
   `scope["state"]["request_id"]`, sent to the site and returned to the client
   (under Serve, the proxy chooses it and returns it itself);
 - a body limit: a declared `Content-Length` over the limit is refused with
-  413 before the body is read, and a chunked body is cut off at the limit;
-- a last resort: an exception nothing else handled becomes an OpenAI 500 that
-  names the request id, never a traceback.
+  413 before the body is read, and a chunked body is cut off at the limit.
+
+The last resort for unhandled exceptions is the shared catch-all
+(`deployments.openai_errors.CatchAllMiddleware`), inside this one.
+`until_disconnected` is the other half of a request's life: a handler whose
+client has gone stops.
 """
 
 from __future__ import annotations
 
-import json
-import logging
+import asyncio
+import contextlib
 import uuid
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deployments.openai_errors import error_body
-from serve_app.errors import GatewayError, PayloadTooLargeError
+from serve_app.errors import PayloadTooLargeError
 
-logger = logging.getLogger(__name__)
+T = TypeVar("T")
 REQUEST_ID_HEADER = b"x-request-id"
 
 
@@ -52,18 +56,14 @@ class RequestContextMiddleware:
         request_id = headers.get(REQUEST_ID_HEADER, b"").decode("latin-1") or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         id_header = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
-        started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                if self.echo_request_id:
-                    message["headers"] = [
-                        (name, value)
-                        for name, value in message.get("headers", [])
-                        if name.lower() != REQUEST_ID_HEADER
-                    ] + [id_header]
+            if message["type"] == "http.response.start" and self.echo_request_id:
+                message["headers"] = [
+                    (name, value)
+                    for name, value in message.get("headers", [])
+                    if name.lower() != REQUEST_ID_HEADER
+                ] + [id_header]
             await send(message)
 
         try:
@@ -72,20 +72,10 @@ class RequestContextMiddleware:
             declared = 0
         limit = self.upload_limits.get(scope.get("path", ""), self.max_body_bytes)
         if declared > limit:
-            await self._refuse(send_with_id, PayloadTooLargeError(_too_large(limit)))
+            refusal = PayloadTooLargeError(_too_large(limit)).response()
+            await refusal(scope, receive, send_with_id)
             return
-        try:
-            await self.app(scope, self._limited(receive, limit), send_with_id)
-        except Exception:
-            logger.exception("unhandled error in request %s", request_id)
-            if started:
-                raise
-            message = f"The gateway failed to process the request (request id {request_id})."
-            await _send_error(send_with_id, 500, error_body(message, 500))
-
-    async def _refuse(self, send: Send, error: GatewayError) -> None:
-        body = error_body(error.message, error.status, error.param, error.code)
-        await _send_error(send, error.status, body)
+        await self.app(scope, self._limited(receive, limit), send_with_id)
 
     def _limited(self, receive: Receive, limit: int) -> Receive:
         seen = 0
@@ -107,16 +97,30 @@ def _too_large(limit: int) -> str:
     return f"The request body is larger than {limit} bytes."
 
 
-async def _send_error(send: Send, status: int, body: dict) -> None:
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """Run `work`, cancelling it (and answering None) if the client disconnects first.
+
+    Under uvicorn a handler runs on after its client has gone; a generation
+    the client no longer waits for must not keep a site busy. (Ray Serve
+    cancels the handler itself; this is then a no-op.)
+    """
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            return None
+        raise
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await watcher

@@ -281,17 +281,6 @@ class ScrapeTargetGroup(BaseModel):
     labels: dict[str, str]
 
 
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
-
-
 class CallerLimits(BaseModel):
     """The caller's limits; null: unlimited."""
 

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import yaml
 
+from deployments.errors import FirstError
+
 PREFIX = "FIRST_"
 
 
-class SecretsError(ValueError):
+class SecretsError(FirstError):
     """A secrets file that cannot be used; the message is one line."""
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import globus_sdk
 from globus_sdk.transport import RequestsTransport, RetryConfig
 
+from deployments.errors import FirstError
 from serve_app.access.policy import ANONYMOUS, Policy, Principal
 from serve_app.config import AuthConfig, GlobusAuthConfig
 from serve_app.errors import (
@@ -286,5 +287,5 @@ def build_authenticator(
     return Authenticator(config, policy, keys, globus)
 
 
-class AuthConfigError(ValueError):
+class AuthConfigError(FirstError):
     """Authentication cannot be set up as configured; the message is one line."""

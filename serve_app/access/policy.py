@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from serve_app.config import PolicyConfig
+from serve_app.config import LimitsConfig, PolicyConfig
 from serve_app.errors import PermissionDeniedError
+from serve_app.protocol import CallerLimits, WhoAmI
 from serve_app.store import CredentialKind
 
 
@@ -76,3 +77,24 @@ class Policy:
                 "none of them.",
                 param="model",
             )
+
+
+def describe_caller(caller: Principal, models: list[str], limits: LimitsConfig | None) -> WhoAmI:
+    """`GET /whoami`: the caller as the gateway sees them, the `models` they may use, their limits."""
+    return WhoAmI(
+        user=caller.user,
+        credential=caller.credential,
+        identity_id=caller.identity_id,
+        name=caller.name,
+        email=caller.email,
+        identity_provider=caller.identity_provider,
+        key_id=caller.key_id,
+        groups=sorted(caller.groups),
+        models=models,
+        limits=None
+        if limits is None
+        else CallerLimits(
+            **limits.for_user(caller.user).model_dump(),
+            model_tokens_per_min={m: limits.for_model(m) for m in models},
+        ),
+    )

@@ -18,8 +18,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from deployments.openai_errors import describe_request_errors, error_body
-from serve_app.batch.protocol import BatchEndpoint, BatchResult
+from deployments.batch_jobs import BatchResult
+from deployments.openai_errors import describe_request_errors, field_path
+from serve_app.batch.protocol import BatchEndpoint
 from serve_app.errors import GatewayError, InvalidRequestError
 from serve_app.protocol import (
     ChatCompletionRequest,
@@ -96,7 +97,7 @@ def parse_line(raw: str, number: int) -> BatchInputLine:
         return BatchInputLine.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"]) or "line"
+        where = field_path(error["loc"]) or "line"
         raise InvalidFileError(f"Line {number}: {where}: {error['msg']}.", param="file") from None
 
 
@@ -123,8 +124,7 @@ def site_body(line: BatchInputLine) -> OpenAIModel:
 
 def error_result(index: int, custom_id: str, error: GatewayError) -> BatchResult:
     """An error-file line for a request the gateway answered itself, shaped like a site's."""
-    body = error_body(error.message, error.status, error.param, error.code)
-    response = {"status_code": error.status, "request_id": None, "body": body}
+    response = {"status_code": error.status, "request_id": None, "body": error.body()}
     return _error_line(index, custom_id, response, None)
 
 

@@ -7,7 +7,7 @@ beside the public fields and never reaches the wire.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -153,11 +153,3 @@ class BatchList(BaseModel):
     first_id: str | None = None
     last_id: str | None = None
     has_more: bool = False
-
-
-class BatchResult(BaseModel):
-    """One output or error line of a batch, as the Ray job reported it (or the gateway wrote)."""
-
-    index: int = Field(description="The input line (0-based) it answers.")
-    kind: Literal["output", "error"]
-    line: dict[str, Any]

@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Iterator
 
+from deployments.batch_jobs import BatchResult
 from serve_app.access.policy import Principal
 from serve_app.batch.files import (
     FileTooLargeError,
@@ -27,7 +28,6 @@ from serve_app.batch.protocol import (
     BatchObject,
     BatchRecord,
     BatchRequestCounts,
-    BatchResult,
     CreateBatchRequest,
     FileDeleted,
     FileList,
@@ -37,7 +37,7 @@ from serve_app.batch.protocol import (
 from serve_app.batch.store import BatchStore
 from serve_app.config import BatchConfig
 from serve_app.errors import ConflictError, GatewayError, InvalidRequestError, NotFoundError
-from serve_app.routing.federation import Gateway
+from serve_app.routing.federation import Federation
 
 COMPLETION_WINDOW_S = 24 * 3600
 
@@ -46,19 +46,19 @@ class FileInUseError(ConflictError):
     code = "file_in_use"
 
 
-class FileNotFound(NotFoundError):
+class BatchFileNotFoundError(NotFoundError):
     code = "file_not_found"
 
 
-class BatchNotFound(NotFoundError):
+class BatchNotFoundError(NotFoundError):
     code = "batch_not_found"
 
 
 class BatchService:
-    def __init__(self, store: BatchStore, config: BatchConfig, gateway: Gateway):
+    def __init__(self, store: BatchStore, config: BatchConfig, federation: Federation):
         self.store = store
         self.config = config
-        self.gateway = gateway
+        self.federation = federation
         self.woken = asyncio.Event()  # set when there is a new batch or cancel to act on
 
     # -- files --------------------------------------------------------------
@@ -94,7 +94,7 @@ class BatchService:
     def file(self, caller: Principal, file_id: str, param: str = "file_id") -> FileRecord:
         record = self.store.get_file(file_id)
         if record is None or record.owner != caller.user:
-            raise FileNotFound(f"No file with id {file_id!r}.", param=param)
+            raise BatchFileNotFoundError(f"No file with id {file_id!r}.", param=param)
         return record
 
     def files(
@@ -137,7 +137,7 @@ class BatchService:
     async def create(self, caller: Principal, request: CreateBatchRequest) -> BatchObject:
         try:
             source = self.file(caller, request.input_file_id, param="input_file_id")
-        except FileNotFound as exc:
+        except BatchFileNotFoundError as exc:
             raise InvalidRequestError(exc.message, param="input_file_id") from None
         if source.purpose != "batch":
             raise InvalidRequestError(
@@ -199,9 +199,9 @@ class BatchService:
         return next(iter(models), None), errors
 
     def _require_model(self, caller: Principal, model: str) -> None:
-        if not any(model in site.models for site in self.gateway.sites.values()):
-            raise self.gateway.unknown_model(caller, model, None)
-        self.gateway.policy.require_model(caller, model)
+        if not any(model in site.models for site in self.federation.sites.values()):
+            raise self.federation.unknown_model(caller, model, None)
+        self.federation.policy.require_model(caller, model)
 
     def batch(self, caller: Principal, batch_id: str) -> BatchObject:
         return self.wire(self._owned(caller, batch_id))
@@ -209,7 +209,7 @@ class BatchService:
     def _owned(self, caller: Principal, batch_id: str) -> BatchRecord:
         record = self.store.get_batch(batch_id)
         if record is None or record.owner != caller.user:
-            raise BatchNotFound(f"No batch with id {batch_id!r}.", param="batch_id")
+            raise BatchNotFoundError(f"No batch with id {batch_id!r}.", param="batch_id")
         return record
 
     def batches(self, caller: Principal, after: str | None, limit: int) -> BatchList:

@@ -21,10 +21,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+from deployments.batch_jobs import BatchResult
 from serve_app.batch.protocol import (
     ACTIVE_BATCH_STATUSES,
     BatchRecord,
-    BatchResult,
     FileRecord,
 )
 from serve_app.store import StoreError, connect

@@ -29,10 +29,9 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
-from typing import Any
 
 from deployments import batch_jobs
+from deployments.batch_jobs import BatchPoll, BatchResult
 from serve_app.access.policy import Principal
 from serve_app.batch.files import read_lines, site_body, unanswered_result
 from serve_app.batch.protocol import (
@@ -40,19 +39,17 @@ from serve_app.batch.protocol import (
     BatchErrors,
     BatchRecord,
     BatchRequestCounts,
-    BatchResult,
     FileRecord,
 )
 from serve_app.batch.service import BatchService
 from serve_app.batch.store import BatchStore
 from serve_app.config import BatchConfig
 from serve_app.errors import GatewayError, ModelStartingError, NoSiteAvailableError
-from serve_app.routing.control_channel import ControlChannel
-from serve_app.routing.federation import Gateway
+from serve_app.routing.federation import Federation
 from serve_app.store import UsageRecord
+from serve_app.usage.ledger import UsageLedger
 
 logger = logging.getLogger(__name__)
-CHANNEL_TIMEOUT_S = 120.0
 # Polls in a row that find a job's cluster unreachable before the job counts as lost.
 UNREACHABLE_POLLS = 5
 # A poll reads the job's whole log, which grows with the batch: polls are spaced so
@@ -64,13 +61,14 @@ class BatchSupervisor:
     def __init__(
         self,
         service: BatchService,
-        channels: dict[str, ControlChannel],
+        ledger: UsageLedger | None,
     ):
         self.service = service
         self.store: BatchStore = service.store
         self.config: BatchConfig = service.config
-        self.gateway: Gateway = service.gateway
-        self.channels = channels
+        self.federation: Federation = service.federation
+        self.metrics = self.federation.metrics
+        self.ledger = ledger
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._steps: dict[str, asyncio.Task] = {}
         self._unreachable: dict[str, int] = {}
@@ -99,7 +97,7 @@ class BatchSupervisor:
                 claimed = []
             with contextlib.suppress(Exception):  # the same failure was logged just above
                 counts = await asyncio.to_thread(self.store.batch_counts)
-                self.gateway.metrics.batches(counts)
+                self.metrics.batches(counts)
             for batch in claimed:
                 step = self._steps.get(batch.id)
                 if step is None or step.done():
@@ -152,7 +150,7 @@ class BatchSupervisor:
             # as staging or submitting it) goes on where it was: it may be running.
             owner = Principal(batch.owner, batch.credential, groups=frozenset(batch.groups))
             try:
-                site = (await self.gateway.place(owner, batch.model, None))[0]
+                site = (await self.federation.place_or_cold_start(owner, batch.model, None))[0]
             except (ModelStartingError, NoSiteAvailableError) as exc:
                 logger.info("batch %s waits for %s: %s", batch.id, batch.model, exc.message)
                 return
@@ -167,25 +165,18 @@ class BatchSupervisor:
                 return
         site = batch.site
         parts = _parts(lines, self.config.stage_part_bytes)
-        config = self.gateway.config.site(site).site_config.model_dump(mode="json")
+        client = self.federation.clients[site]
         for number, part in enumerate(parts):
-            await self._call(site, batch_jobs.stage, config, batch.submission_id, number, part)
-        try:
-            submitted = await self._call(
-                site,
-                batch_jobs.submit,
-                config,
-                batch.submission_id,
-                batch.model,
-                batch.endpoint,
-                len(parts),
-            )
-        except LookupError as exc:  # a Slurm job ended between placement and submission
-            logger.info("batch %s: %s; placing it again", batch.id, exc)
+            await client.stage_batch(batch.submission_id, number, part)
+        submitted = await client.submit_batch(
+            batch.submission_id, batch.model, batch.endpoint, len(parts)
+        )
+        if submitted.dashboard_url is None:  # a Slurm job ended between placement and now
+            logger.info("batch %s: %s; placing it again", batch.id, submitted.waiting)
             batch.submission_id, batch.attempt = None, batch.attempt - 1  # it never started
             await self._save(batch)
             return
-        batch.dashboard_url = submitted["dashboard_url"]
+        batch.dashboard_url = submitted.dashboard_url
         batch.status = "in_progress"
         batch.in_progress_at = batch.in_progress_at or int(time.time())
         await self._save(batch)
@@ -218,34 +209,31 @@ class BatchSupervisor:
             if batch.status == "cancelling":
                 await self._finalize(batch, "cancelled")
             return
+        client = self.federation.clients[batch.site]
         while True:
             started = time.monotonic()
-            answer = await self._call(
-                batch.site,
-                batch_jobs.poll,
-                batch.dashboard_url,
-                batch.submission_id,
-                batch.log_seq,
+            answer = await client.poll_batch(
+                batch.dashboard_url, batch.submission_id, batch.log_seq
             )
             took = time.monotonic() - started
             self._next_poll[batch.id] = started + took / POLL_SHARE
-            results = [BatchResult.model_validate(r) for r in answer["results"]]
+            results: list[BatchResult] = list(answer.results)
             if results:
-                batch.log_seq = answer["results"][-1]["seq"]
+                batch.log_seq = answer.results[-1].seq
                 if not await self._save(batch, results):
                     return
                 failed = sum(r.kind == "error" for r in results)
-                self.gateway.metrics.batch_results(batch.model or "", len(results) - failed, failed)
-            if not answer["more"]:
+                self.metrics.batch_results(batch.model or "", len(results) - failed, failed)
+            if not answer.more:
                 break
         await self._after_poll(batch, answer)
 
-    async def _after_poll(self, batch: BatchRecord, answer: dict[str, Any]) -> None:
-        state = answer["state"]
+    async def _after_poll(self, batch: BatchRecord, answer: BatchPoll) -> None:
+        state = answer.state
         self._unreachable[batch.id] = (
             self._unreachable.get(batch.id, 0) + 1 if state == "UNREACHABLE" else 0
         )
-        if answer["done"]:
+        if answer.done:
             await self._finalize(
                 batch, "cancelled" if batch.status == "cancelling" else "completed"
             )
@@ -263,7 +251,7 @@ class BatchSupervisor:
                 batch.id,
                 batch.submission_id,
                 state,
-                answer["message"],
+                answer.message,
             )
             batch.status, batch.submission_id = "validating", None
             await self._save(batch)
@@ -272,12 +260,13 @@ class BatchSupervisor:
                 batch,
                 "batch_job_failed",
                 f"The batch's Ray job ended early {batch.attempt} times; the last time: "
-                f"{state}: {answer['message']}",
+                f"{state}: {answer.message}",
             )
 
     async def _stop_job(self, batch: BatchRecord) -> None:
         if batch.submission_id and batch.dashboard_url and batch.site:
-            await self._call(batch.site, batch_jobs.stop, batch.dashboard_url, batch.submission_id)
+            client = self.federation.clients[batch.site]
+            await client.stop_batch(batch.dashboard_url, batch.submission_id)
 
     # -- ending -------------------------------------------------------------
 
@@ -302,7 +291,7 @@ class BatchSupervisor:
             unanswered = await asyncio.to_thread(self._never_ran, batch, outcome)
             if not await self._save(batch, unanswered):
                 return
-            self.gateway.metrics.batch_results(batch.model or "", 0, len(unanswered))
+            self.metrics.batch_results(batch.model or "", 0, len(unanswered))
         completed, failed = await asyncio.to_thread(self.store.result_counts, batch.id)
         await asyncio.to_thread(self._account, batch)
         batch.output_file_id = await asyncio.to_thread(self._write_file, batch, "output")
@@ -321,7 +310,7 @@ class BatchSupervisor:
 
     def _account(self, batch: BatchRecord) -> None:
         """One usage record per line that ran, as for an interactive request."""
-        ledger = self.gateway.ledger
+        ledger = self.ledger
         if ledger is None:
             return
         now = time.time()
@@ -388,10 +377,6 @@ class BatchSupervisor:
             logger.warning("batch %s: lease lost; another gateway process has it", batch.id)
             self._steps.pop(batch.id, None)
         return saved
-
-    async def _call(self, site: str, function: Callable[..., Any], *args: Any) -> Any:
-        future = self.channels[site].submit(function, *args)
-        return await asyncio.wait_for(asyncio.wrap_future(future), CHANNEL_TIMEOUT_S)
 
 
 def _parts(lines: list[str], part_bytes: int) -> list[list[str]]:

@@ -19,7 +19,7 @@ TERMINAL = ("completed", "failed", "cancelled", "expired")
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
-class Gateway:
+class GatewayClient:
     """The gateway's batch routes; every failure becomes a one-line ClickException."""
 
     def __init__(self, url: str, api_key: str | None):
@@ -117,7 +117,7 @@ def submit(  # noqa: PLR0913 (click options)
     api_key: str | None,
 ) -> None:
     """Upload FILE (JSONL, one request per line) and start it as a batch; print its id."""
-    gateway = Gateway(url, api_key)
+    gateway = GatewayClient(url, api_key)
     content = prepare_lines(file, model, endpoint)
     uploaded = gateway.call(
         "POST", "/v1/files", files={"file": (file.name, content)}, data={"purpose": "batch"}
@@ -136,7 +136,7 @@ def submit(  # noqa: PLR0913 (click options)
             raise click.ClickException(f"batch {finished['id']} ended {finished['status']}")
 
 
-def follow(gateway: Gateway, batch_id: str, interval_s: float = 2.0) -> dict:
+def follow(gateway: GatewayClient, batch_id: str, interval_s: float = 2.0) -> dict:
     """Poll until the batch ends, with a progress bar of lines answered."""
     from tqdm import tqdm
 
@@ -153,7 +153,7 @@ def follow(gateway: Gateway, batch_id: str, interval_s: float = 2.0) -> dict:
             current = gateway.batch(batch_id)
 
 
-def download_results(gateway: Gateway, batch_data: dict, out: Path) -> None:
+def download_results(gateway: GatewayClient, batch_data: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for field in ("output_file_id", "error_file_id"):
         file_id = batch_data.get(field)
@@ -171,7 +171,7 @@ def download_results(gateway: Gateway, batch_data: dict, out: Path) -> None:
 @_KEY
 def status(batch_id: str, as_json: bool, url: str, api_key: str | None) -> None:
     """Show a batch's status and request counts."""
-    data = Gateway(url, api_key).batch(batch_id)
+    data = GatewayClient(url, api_key).batch(batch_id)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -188,7 +188,7 @@ def status(batch_id: str, as_json: bool, url: str, api_key: str | None) -> None:
 @_KEY
 def cancel(batch_id: str, url: str, api_key: str | None) -> None:
     """Cancel a batch; what already ran stays in its output file."""
-    data = Gateway(url, api_key).call("POST", f"/v1/batches/{batch_id}/cancel").json()
+    data = GatewayClient(url, api_key).call("POST", f"/v1/batches/{batch_id}/cancel").json()
     click.echo(f"{data['id']} {data['status']}")
 
 
@@ -199,7 +199,7 @@ def cancel(batch_id: str, url: str, api_key: str | None) -> None:
 @_KEY
 def download(batch_id: str, out: Path, url: str, api_key: str | None) -> None:
     """Fetch a finished batch's output and error files."""
-    gateway = Gateway(url, api_key)
+    gateway = GatewayClient(url, api_key)
     data = gateway.batch(batch_id)
     if data["status"] not in TERMINAL:
         raise click.ClickException(f"batch {batch_id} is {data['status']}; nothing to fetch yet")

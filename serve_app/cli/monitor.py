@@ -18,16 +18,11 @@ import click
 import httpx
 
 from monitoring import ALERT_RULES, DASHBOARDS_DIR, prometheus_config
+from serve_app.cli.common import federation_option
 
 READY_TIMEOUT_S = 60.0
 
-_CONFIG_OPTION = click.option(
-    "--config",
-    "config_path",
-    default="cluster_configs/local-federation.yaml",
-    show_default=True,
-    help="Federation config of the gateway to watch.",
-)
+_CONFIG_OPTION = federation_option("Federation config of the gateway to watch.")
 _GATEWAY_OPTION = click.option(
     "--gateway",
     "gateway_url",
@@ -50,14 +45,10 @@ def monitor() -> None:
 
 
 def _render(config_path: str, gateway_url: str | None, scrape_interval_s: float) -> str:
-    from deployments.config_loading import ConfigError
     from serve_app.config import load_federation
     from serve_app.hosting import gateway_url as url_of
 
-    try:
-        config = load_federation(config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    config = load_federation(config_path)
     ray_temp_dir = Path(config.gateway.ray.temp_dir or "/tmp/ray")
     keeper = config.keeper
     apart = keeper.metrics_port and not (keeper.in_gateway and config.slurm_sites)

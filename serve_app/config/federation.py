@@ -77,6 +77,12 @@ class SiteTimeoutsConfig(StrictConfig):
     )
     total_s: float = Field(900.0, gt=0, description="Whole request, first byte to last.")
     status_s: float = Field(10.0, gt=0, description="One status call through the channel.")
+    control_s: float = Field(
+        60.0,
+        gt=0,
+        description="Any other call through the channel: starting or stopping a model's Slurm "
+        "job, staging, submitting, polling or stopping a batch.",
+    )
 
 
 class FederatedSiteConfig(StrictConfig):

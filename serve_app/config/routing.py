@@ -95,4 +95,3 @@ class ColdStartConfig(StrictConfig):
         description="Jobs in a row that may die while starting before no more are submitted "
         "for that model (until the failures are an hour old, or an operator launches one).",
     )
-    launch_timeout_s: float = Field(60.0, gt=0, description="One launch call through the channel.")

@@ -1,4 +1,4 @@
-"""What routes receive through FastAPI's dependency injection.
+"""What routes receive through FastAPI's dependency injection: the services, and the caller.
 
 All `async def`: FastAPI runs a plain `def` dependency in a worker thread,
 two thread hops per request for a lookup of nanoseconds.
@@ -10,21 +10,36 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from serve_app.access.auth import Authenticator
 from serve_app.access.policy import Principal
 from serve_app.batch.service import BatchService
-from serve_app.routing.federation import Gateway
+from serve_app.inference import InferenceService
+from serve_app.routing.federation import Federation
+from serve_app.services import Services
 
 
-async def gateway_of(request: Request) -> Gateway:
-    """The replica's Gateway, built by the app's lifespan."""
-    return request.app.state.gateway
+async def services_of(request: Request) -> Services:
+    """The replica's services, built by the app's lifespan."""
+    return Services.of(request)
 
 
-async def caller_of(request: Request) -> Principal:
+ServicesDep = Annotated[Services, Depends(services_of)]
+
+
+async def federation_of(services: ServicesDep) -> Federation:
+    return services.federation
+
+
+async def inference_of(services: ServicesDep) -> InferenceService:
+    return services.inference
+
+
+async def batches_of(services: ServicesDep) -> BatchService:
+    return services.batches
+
+
+async def caller_of(services: ServicesDep, request: Request) -> Principal:
     """Who is calling: 401/403/503 before any route runs if the credential does not do."""
-    authenticator: Authenticator = request.app.state.authenticator
-    return await authenticator.authenticate(request.headers.get("authorization"))
+    return await services.authenticator.authenticate(request.headers.get("authorization"))
 
 
 async def pinned_site(
@@ -39,14 +54,7 @@ async def any_site() -> None:
 
 PINNED_PREFIX = "/sites/{site}"
 
-
-GatewayDep = Annotated[Gateway, Depends(gateway_of)]
-CallerDep = Annotated[Principal, Depends(caller_of)]
-
-
-async def batches_of(request: Request) -> BatchService:
-    """The replica's Files and Batches service, built by the app's lifespan."""
-    return request.app.state.batches
-
-
+FederationDep = Annotated[Federation, Depends(federation_of)]
+InferenceDep = Annotated[InferenceService, Depends(inference_of)]
 BatchesDep = Annotated[BatchService, Depends(batches_of)]
+CallerDep = Annotated[Principal, Depends(caller_of)]

@@ -6,12 +6,12 @@ from fastapi import APIRouter
 
 from serve_app.errors import documented_errors
 from serve_app.protocol import HealthReport
-from serve_app.routes.dependencies import GatewayDep
+from serve_app.routes.dependencies import FederationDep
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=HealthReport, responses=documented_errors(500))
-async def health(gateway: GatewayDep) -> HealthReport:
+async def health(federation: FederationDep) -> HealthReport:
     """200 while the gateway runs; `status` says whether all, some or no sites are up."""
-    return gateway.health()
+    return federation.health()

@@ -20,7 +20,7 @@ from serve_app.protocol import (
 from serve_app.routes.dependencies import (
     PINNED_PREFIX,
     CallerDep,
-    GatewayDep,
+    InferenceDep,
     any_site,
     pinned_site,
 )
@@ -48,12 +48,12 @@ def build_inference_router(pinned: bool) -> APIRouter:
     async def create_chat_completion(
         body: ChatCompletionRequest,
         request: Request,
-        gateway: GatewayDep,
+        inference: InferenceDep,
         caller: CallerDep,
         site: Annotated[str | None, Depends(site_of)],
     ) -> Response:
         """Chat completion on the least-loaded site serving the model; streams with `stream`."""
-        return await gateway.forward(request, "/v1/chat/completions", body, caller, site)
+        return await inference.forward(request, "/v1/chat/completions", body, caller, site)
 
     @router.post(
         "/v1/completions",
@@ -63,12 +63,12 @@ def build_inference_router(pinned: bool) -> APIRouter:
     async def create_completion(
         body: CompletionRequest,
         request: Request,
-        gateway: GatewayDep,
+        inference: InferenceDep,
         caller: CallerDep,
         site: Annotated[str | None, Depends(site_of)],
     ) -> Response:
         """Text completion on the least-loaded site serving the model."""
-        return await gateway.forward(request, "/v1/completions", body, caller, site)
+        return await inference.forward(request, "/v1/completions", body, caller, site)
 
     @router.post(
         "/v1/embeddings",
@@ -78,11 +78,11 @@ def build_inference_router(pinned: bool) -> APIRouter:
     async def create_embedding(
         body: EmbeddingRequest,
         request: Request,
-        gateway: GatewayDep,
+        inference: InferenceDep,
         caller: CallerDep,
         site: Annotated[str | None, Depends(site_of)],
     ) -> Response:
         """Embeddings from a site that serves the model as an embedding model."""
-        return await gateway.forward(request, "/v1/embeddings", body, caller, site)
+        return await inference.forward(request, "/v1/embeddings", body, caller, site)
 
     return router

@@ -11,7 +11,7 @@ from serve_app.protocol import ModelCard, ModelList
 from serve_app.routes.dependencies import (
     PINNED_PREFIX,
     CallerDep,
-    GatewayDep,
+    FederationDep,
     any_site,
     pinned_site,
 )
@@ -25,10 +25,10 @@ def build_models_router(pinned: bool) -> APIRouter:
         "/v1/models", response_model=ModelList, responses=documented_errors(401, 403, 404, 500, 503)
     )
     async def list_models(
-        gateway: GatewayDep, caller: CallerDep, site: Annotated[str | None, Depends(site_of)]
+        federation: FederationDep, caller: CallerDep, site: Annotated[str | None, Depends(site_of)]
     ) -> ModelList:
         """Every model some site serves and the caller may use, with each site's state for it."""
-        return gateway.models(caller, site)
+        return federation.models(caller, site)
 
     @router.get(
         "/v1/models/{model_id:path}",
@@ -37,11 +37,11 @@ def build_models_router(pinned: bool) -> APIRouter:
     )
     async def retrieve_model(
         model_id: str,
-        gateway: GatewayDep,
+        federation: FederationDep,
         caller: CallerDep,
         site: Annotated[str | None, Depends(site_of)],
     ) -> ModelCard:
         """One model and the sites that serve it; 404 if no site does (or the caller may not)."""
-        return gateway.model(caller, model_id, site)
+        return federation.model(caller, model_id, site)
 
     return router

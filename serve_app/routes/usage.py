@@ -5,11 +5,11 @@ import asyncio
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from serve_app.errors import InvalidRequestError, documented_errors
-from serve_app.routes.dependencies import CallerDep, GatewayDep
+from serve_app.routes.dependencies import CallerDep, ServicesDep
 from serve_app.store import UsageGrouping
 from serve_app.usage.report import PeriodError, UsageReport, usage_report
 
@@ -26,17 +26,15 @@ class UsageQuery(BaseModel):
     "/v1/usage", response_model=UsageReport, responses=documented_errors(400, 401, 403, 500, 503)
 )
 async def read_usage(
-    request: Request,
-    gateway: GatewayDep,
+    services: ServicesDep,
     caller: CallerDep,
     query: Annotated[UsageQuery, Query()],
 ) -> UsageReport:
     """Usage from the ledger over a period, most tokens first (`policy.admin_groups` only)."""
-    gateway.policy.require_admin(caller)
-    store = request.app.state.store
+    services.federation.policy.require_admin(caller)
     try:
         return await asyncio.to_thread(
-            usage_report, store, query.since, query.until, query.by, time.time()
+            usage_report, services.store, query.since, query.until, query.by, time.time()
         )
     except PeriodError as exc:
         raise InvalidRequestError(str(exc), param=exc.param) from None

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from serve_app.access.policy import describe_caller
 from serve_app.errors import documented_errors
 from serve_app.protocol import WhoAmI
-from serve_app.routes.dependencies import CallerDep, GatewayDep
+from serve_app.routes.dependencies import CallerDep, FederationDep
 
 router = APIRouter(tags=["identity"])
 
 
 @router.get("/whoami", response_model=WhoAmI, responses=documented_errors(401, 403, 500, 503))
-async def whoami(gateway: GatewayDep, caller: CallerDep) -> WhoAmI:
+async def whoami(federation: FederationDep, caller: CallerDep) -> WhoAmI:
     """The caller's identity, groups, the models they may use and their limits."""
-    return gateway.describe(caller)
+    models = [card.id for card in federation.models(caller).data]
+    return describe_caller(caller, models, federation.config.limits)

@@ -22,12 +22,11 @@ import asyncio
 import logging
 import time
 
-from deployments.site_functions import launch
+from deployments.site_client import SiteCallTimeout
 from deployments.site_status import JobStatus, ModelStatus
 from serve_app.config import ColdStartConfig
 from serve_app.errors import ModelStartFailedError, ModelStartingError
 from serve_app.metrics import GatewayMetrics
-from serve_app.routing.control_channel import ControlChannel
 from serve_app.routing.site_state import SiteState, StatusPoller
 
 logger = logging.getLogger(__name__)
@@ -41,13 +40,11 @@ class ColdStarter:
     def __init__(
         self,
         config: ColdStartConfig,
-        channels: dict[str, ControlChannel],
         pollers: dict[str, StatusPoller],
         metrics: GatewayMetrics,
     ):
         self.config = config
         self.metrics = metrics
-        self.channels = channels
         self.pollers = pollers
         self._launching: dict[tuple[str, str], asyncio.Task] = {}
         # (site, model) -> (monotonic time of the launch, its job id)
@@ -114,18 +111,14 @@ class ColdStarter:
         return await asyncio.shield(task)
 
     async def _launch(self, state: SiteState, model: str) -> str:
-        site = state.config.site_config
-        future = self.channels[state.name].submit(launch, site.model_dump(), model)
+        client = self.pollers[state.name].client
         try:
-            result = await asyncio.wait_for(
-                asyncio.wrap_future(future), self.config.launch_timeout_s
-            )
-        except TimeoutError:
-            future.cancel()
+            result = await client.launch(model)
+        except SiteCallTimeout:
             self.metrics.cold_start(model, state.name, "timeout")
             raise ModelStartFailedError(
                 f"Site {state.name!r} did not answer the request to start {model!r} within "
-                f"{self.config.launch_timeout_s:.0f} s. Retry later.",
+                f"{client.control_timeout_s:.0f} s. Retry later.",
                 retry_after_s=30,
             ) from None
         except Exception as exc:  # Slurm's refusal, a missing sbatch, the channel failing
@@ -138,8 +131,8 @@ class ColdStarter:
             # Not asked again for every request: the answer would be the same.
             self._refused[(state.name, model)] = (time.monotonic() + REFUSAL_MEMORY_S, error)
             raise error from None
-        job_id = result["jobs"][-1]["job_id"]
-        verb = "submitted" if result["submitted"] else "found"
+        job_id = result.jobs[-1].job_id
+        verb = "submitted" if result.submitted else "found"
         self.metrics.cold_start(model, state.name, verb)
         logger.info("cold start: %s job %s for %s at %s", verb, job_id, model, state.name)
         self._launched[(state.name, model)] = (time.monotonic(), job_id)

@@ -12,7 +12,8 @@ in and out. A channel runs them through a `concurrent.futures.Executor`:
 
 Building a channel makes no network call; `verify` makes the one call that
 proves the credentials work, so a bad secret fails at start-up, not at the
-first poll.
+first poll. Callers never use a channel directly: `build_site_clients` wraps
+each in the site's typed client (`deployments.site_client.SiteClient`).
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
+from deployments.errors import FirstError
+from deployments.site_client import SiteClient
 from serve_app.config import ChannelConfig, FederationConfig, GlobusComputeChannelConfig
 from serve_app.settings import PREFIX, Settings
 
 
-class ChannelError(RuntimeError):
+class ChannelError(FirstError):
     """A channel that cannot be built or used; the message is one line, fit for a user."""
 
 
-class ControlChannel:
-    """Runs site functions for one site."""
+class ExecutorChannel:
+    """Runs site functions for one site on a `concurrent.futures.Executor`."""
 
     def __init__(self, executor: concurrent.futures.Executor):
         self.executor = executor
@@ -46,14 +49,14 @@ class ControlChannel:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-class LocalChannel(ControlChannel):
+class LocalChannel(ExecutorChannel):
     def __init__(self, max_workers: int = 2):
         super().__init__(
             concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="site-channel")
         )
 
 
-class GlobusComputeChannel(ControlChannel):
+class GlobusComputeChannel(ExecutorChannel):
     def __init__(self, endpoint_id: UUID, client_id: str, client_secret: str):
         import globus_sdk
         from globus_compute_sdk import Client, Executor
@@ -88,7 +91,7 @@ class GlobusComputeChannel(ControlChannel):
             raise ChannelError(f"Globus Auth is unreachable: {exc}") from None
 
 
-def build_control_channel(config: ChannelConfig, settings: Settings) -> ControlChannel:
+def build_control_channel(config: ChannelConfig, settings: Settings) -> ExecutorChannel:
     """The channel a site's config asks for; ChannelError when its credentials are missing."""
     if isinstance(config, GlobusComputeChannelConfig):
         if not (settings.globus_client_id and settings.globus_client_secret):
@@ -103,14 +106,25 @@ def build_control_channel(config: ChannelConfig, settings: Settings) -> ControlC
     return LocalChannel()
 
 
-def build_channels(config: FederationConfig, settings: Settings) -> dict[str, ControlChannel]:
-    """One channel per site; ChannelError names the site whose channel cannot be built."""
-    channels: dict[str, ControlChannel] = {}
+def build_site_clients(
+    config: FederationConfig, settings: Settings, slurm_only: bool = False
+) -> dict[str, SiteClient]:
+    """One client per site (or per Slurm site), on a channel of its own.
+
+    ChannelError names the site whose channel cannot be built.
+    """
+    clients: dict[str, SiteClient] = {}
     for index, site in enumerate(config.sites):
+        if slurm_only and site.site_config.slurm is None:
+            continue
         try:
-            channels[site.name] = build_control_channel(site.channel, settings)
+            channel = build_control_channel(site.channel, settings)
         except ChannelError as exc:
-            for channel in channels.values():
-                channel.close()
+            for client in clients.values():
+                client.close()
             raise ChannelError(f"sites[{index}] ({site.name}).channel: {exc}") from None
-    return channels
+        timeouts = site.timeouts
+        clients[site.name] = SiteClient(
+            site.site_config, channel, timeouts.status_s, timeouts.control_s
+        )
+    return clients

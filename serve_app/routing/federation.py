@@ -1,76 +1,56 @@
-"""The gateway service: the sites, their pollers, placement and forwarding, in one object.
+"""What one gateway replica knows of its sites, and where a request for a model can go.
 
-Routes call this and nothing else. One instance lives in each ingress replica
-(built by the app's lifespan), so every replica keeps its own view of the
-sites and its own in-flight counts. What must be shared between replicas
-(rate limits, the usage ledger) comes in through the limiter and the ledger.
+Per site: its state (serve_app/routing/site_state.py) kept current by a
+status poller, through the site's typed client; the cold starter for models
+that run nowhere yet; the placer. From that it answers the read side
+(`/v1/models`, `/health`, Prometheus's targets) and the one question of the
+request path: which sites, best first (`placement_order`), starting the
+model in a Slurm job when none runs it (`place_or_cold_start`). One instance
+lives in each ingress replica, so every replica keeps its own view of the
+sites and its own in-flight counts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import time
-from collections.abc import Awaitable
-from typing import TypeVar
 
-from starlette.requests import Request
-from starlette.responses import Response
-
+from deployments.site_client import SiteClient
 from serve_app.access.policy import Policy, Principal
-from serve_app.access.ratelimit import RateLimiter
 from serve_app.config import FederationConfig
-from serve_app.errors import (
-    GatewayError,
-    ModelNotFoundError,
-    NoSiteAvailableError,
-    SiteNotFoundError,
-)
+from serve_app.errors import ModelNotFoundError, NoSiteAvailableError, SiteNotFoundError
 from serve_app.metrics import GatewayMetrics
 from serve_app.protocol import (
-    CallerLimits,
     HealthReport,
     ModelCard,
     ModelList,
     ModelPlacement,
-    OpenAIModel,
     ScrapeTargetGroup,
     SiteHealthReport,
-    StreamOptions,
-    WhoAmI,
 )
 from serve_app.routing.cold_start import ColdStarter
-from serve_app.routing.control_channel import ControlChannel
-from serve_app.routing.forwarding import Forwarder
 from serve_app.routing.placement import Placer
-from serve_app.routing.prefix_affinity import PrefixMemory, prefix_blocks
+from serve_app.routing.prefix_affinity import PrefixMemory
 from serve_app.routing.site_state import SiteState, StatusPoller
-from serve_app.store import UsageRecord
-from serve_app.usage.ledger import UsageLedger
-from serve_app.usage.metering import Meter
-
-T = TypeVar("T")
 
 
-class Gateway:
+class Federation:
     def __init__(
         self,
         config: FederationConfig,
-        channels: dict[str, ControlChannel],
-        limiter: RateLimiter,
-        ledger: UsageLedger | None,
+        clients: dict[str, SiteClient],
+        policy: Policy,
+        metrics: GatewayMetrics,
     ):
         self.config = config
-        self.policy = Policy(config.policy)
-        self.limiter = limiter
-        self.ledger = ledger
-        self._background: set[asyncio.Task] = set()
-        self.metrics = GatewayMetrics.from_config(config)
-        self.sites = {site.name: SiteState(site, config, self.metrics) for site in config.sites}
-        pollers = {name: StatusPoller(state, channels[name]) for name, state in self.sites.items()}
-        self.pollers = list(pollers.values())
-        self.cold_starter = ColdStarter(config.cold_start, channels, pollers, self.metrics)
+        self.policy = policy
+        self.metrics = metrics
+        self.clients = clients
+        self.sites = {site.name: SiteState(site, config, metrics) for site in config.sites}
+        self.pollers = {
+            name: StatusPoller(state, clients[name]) for name, state in self.sites.items()
+        }
+        self.cold_starter = ColdStarter(config.cold_start, self.pollers, metrics)
         placement = config.placement
         self.placer = Placer(
             placement.policy,
@@ -78,19 +58,15 @@ class Gateway:
             memory=PrefixMemory(placement.prefix.memory_blocks),
             load_bound=placement.prefix.load_bound,
         )
-        self.forwarder = Forwarder(self.sites, placement.retry_after_s, self.metrics)
         self.started_at = int(time.time())
 
-    async def start(self) -> None:
-        for poller in self.pollers:
+    def start(self) -> None:
+        for poller in self.pollers.values():
             poller.start()
 
     async def stop(self) -> None:
-        await asyncio.gather(*(poller.stop() for poller in self.pollers))
-        await self.forwarder.close()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        if self.ledger is not None:
-            await asyncio.to_thread(self.ledger.close)
+        """Stop polling and close every site's client."""
+        await asyncio.gather(*(poller.stop() for poller in self.pollers.values()))
 
     # -- models -------------------------------------------------------------
 
@@ -143,28 +119,7 @@ class Gateway:
             param="model",
         )
 
-    def describe(self, caller: Principal) -> WhoAmI:
-        models = [card.id for card in self.models(caller).data]
-        limits = self.config.limits
-        return WhoAmI(
-            user=caller.user,
-            credential=caller.credential,
-            identity_id=caller.identity_id,
-            name=caller.name,
-            email=caller.email,
-            identity_provider=caller.identity_provider,
-            key_id=caller.key_id,
-            groups=sorted(caller.groups),
-            models=models,
-            limits=None
-            if limits is None
-            else CallerLimits(
-                **limits.for_user(caller.user).model_dump(),
-                model_tokens_per_min={m: limits.for_model(m) for m in models},
-            ),
-        )
-
-    # -- requests -----------------------------------------------------------
+    # -- placement ----------------------------------------------------------
 
     def placement_order(
         self,
@@ -188,10 +143,11 @@ class Gateway:
         ordered = self.placer.order(candidates, prefix)
         return [c.site for c in ordered[: self.config.placement.max_attempts]]
 
-    async def place(
+    async def place_or_cold_start(
         self, caller: Principal, model: str, site: str | None, prefix: list[bytes] | None = None
     ) -> list[str]:
-        """Sites to try; when none runs the model but a Slurm site can start it, start it."""
+        """`placement_order`; when no site runs the model but a Slurm site can start it,
+        start it there first (the caller is held up to `cold_start.hold_s`)."""
         try:
             return self.placement_order(caller, model, site, prefix)
         except NoSiteAvailableError:
@@ -201,103 +157,6 @@ class Gateway:
                 raise
         await self.cold_starter.bring_up(model, startable)
         return self.placement_order(caller, model, site, prefix)
-
-    async def forward(
-        self,
-        request: Request,
-        path: str,
-        body: OpenAIModel,
-        caller: Principal,
-        site: str | None = None,
-    ) -> Response:
-        """Check the caller may, pick sites, forward; every outcome goes to the ledger."""
-        model = body.model
-        request_id = request.scope.get("state", {}).get("request_id", "")
-        payload, meter = self._prepare(body)
-        meter.on_done = self._accountant(caller, path, request_id, body)
-        try:
-            self.policy.require_model(caller, model)
-            await self.limiter.admit(caller.user, model)
-
-            async def place_and_forward() -> Response:
-                # A caller held through a cold start may leave; the hold ends with it.
-                prefix = self._prefix(body)
-                order = await self.place(caller, model, site, prefix)
-                self.metrics.placed(model, order)
-                response = await self.forwarder.forward(path, payload, request_id, order, meter)
-                if prefix and meter.site is not None:
-                    self.placer.remember(prefix, meter.site)
-                return response
-
-            response = await until_disconnected(request, place_and_forward())
-        except GatewayError as exc:
-            meter.finish(exc.status)
-            raise
-        except asyncio.CancelledError:
-            meter.finish(499)
-            raise
-        except Exception:
-            meter.finish(500)
-            raise
-        if response is None:
-            # 499: nginx's "client closed request"; nobody is left to read it.
-            meter.finish(499)
-            return Response(status_code=499)
-        return response
-
-    def _prefix(self, body: OpenAIModel) -> list[bytes] | None:
-        """The prompt's block hashes, when placement follows prefixes."""
-        if self.config.placement.policy != "prefix-aware":
-            return None
-        settings = self.config.placement.prefix
-        return prefix_blocks(_prompt_of(body), settings.block_chars, settings.max_blocks)
-
-    def _prepare(self, body: OpenAIModel) -> tuple[bytes, Meter]:
-        """The site's request body; streams always ask the site for usage, to meter them."""
-        keep = self.config.ledger.store_content
-        usage_requested = True
-        if getattr(body, "stream", None):
-            options = body.stream_options or StreamOptions()
-            usage_requested = bool(options.include_usage)
-            if not usage_requested:
-                options = options.model_copy(update={"include_usage": True})
-                body = body.model_copy(update={"stream_options": options})
-        # Explicit nulls mean "default" in OpenAI's API; some servers choke on them.
-        payload = body.model_dump_json(exclude_none=True).encode()
-        return payload, Meter(body.model, usage_requested=usage_requested, keep_content=keep)
-
-    def _accountant(self, caller: Principal, path: str, request_id: str, body: OpenAIModel):
-        started_at, started = time.time(), time.monotonic()
-
-        def account(meter: Meter) -> None:
-            self.metrics.request_done(meter, path, started)
-            if meter.total_tokens:
-                task = asyncio.ensure_future(
-                    self.limiter.record(caller.user, meter.model, meter.total_tokens)
-                )
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-            if self.ledger is None:
-                return
-            self.ledger.record(
-                UsageRecord(
-                    time=started_at,
-                    request_id=request_id,
-                    user=caller.user,
-                    credential=caller.credential,
-                    route=path,
-                    model=meter.model[:256],
-                    site=meter.site,
-                    status=meter.status,
-                    prompt_tokens=meter.prompt_tokens,
-                    completion_tokens=meter.completion_tokens,
-                    latency_s=round(time.monotonic() - started, 6),
-                    prompt=_prompt_of(body) if meter.keep_content else None,
-                    completion=meter.completion,
-                )
-            )
-
-        return account
 
     # -- health -------------------------------------------------------------
 
@@ -335,13 +194,6 @@ class Gateway:
         ]
 
 
-def _prompt_of(body: OpenAIModel) -> str:
-    for name in ("messages", "prompt", "input"):
-        if (value := getattr(body, name, None)) is not None:
-            return json.dumps(value, default=lambda v: v.model_dump(exclude_none=True))
-    return ""
-
-
 def _why_not(state: SiteState, model: str, now: float) -> str:
     health = state.health(now)
     if health == "down":
@@ -350,32 +202,3 @@ def _why_not(state: SiteState, model: str, now: float) -> str:
         return "failing requests (circuit open)"
     status = state.model_status(model)
     return f"reporting the model {status.state}" if status else health
-
-
-async def until_disconnected(request: Request, work: Awaitable[T]) -> T | None:
-    """Run `work`, cancelling it (and answering None) if the client disconnects first.
-
-    Under uvicorn a handler runs on after its client has gone; a generation
-    the client no longer waits for must not keep a site busy. (Ray Serve
-    cancels the handler itself; this is then a no-op.)
-    """
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                task.cancel()
-                return
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled():
-            return None
-        raise
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await watcher

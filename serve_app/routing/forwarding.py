@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator
 import aiohttp
 from starlette.responses import Response, StreamingResponse
 
-from deployments.openai_errors import error_body
 from serve_app.errors import NoSiteAvailableError, UpstreamError, UpstreamTimeoutError
 from serve_app.metrics import GatewayMetrics
 from serve_app.routing.site_state import SiteState
@@ -209,7 +208,7 @@ class Forwarder:
             state.breaker.record_failure(time.monotonic())
             message = f"Site {state.name} broke off the stream: {_describe(exc)}."
             logger.warning(message)
-            yield sse_error_event(message, 502, "upstream_error")
+            yield UpstreamError(message).sse_event()
         finally:
             state.request_ended(model)
             meter.finish(status)
@@ -219,11 +218,6 @@ class Forwarder:
                 # The client went away (this generator was cancelled) or the site
                 # failed: drop the connection, and Serve cancels the request.
                 response.close()
-
-
-def sse_error_event(message: str, status: int, code: str) -> bytes:
-    """The last event of a stream that failed after it started."""
-    return f"data: {json.dumps(error_body(message, status, code=code))}\n\n".encode()
 
 
 def _openai_error_message(content: bytes) -> str | None:

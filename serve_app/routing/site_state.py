@@ -26,12 +26,11 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from deployments.site_functions import site_status
+from deployments.site_client import SiteCallTimeout, SiteClient
 from deployments.site_status import JobStatus, ModelStatus, SiteStatus
 from serve_app.config import FederatedSiteConfig, FederationConfig
 from serve_app.metrics import GatewayMetrics
 from serve_app.routing.circuit_breaker import CircuitBreaker
-from serve_app.routing.control_channel import ControlChannel
 from serve_app.routing.placement import Candidate
 
 logger = logging.getLogger(__name__)
@@ -219,12 +218,11 @@ class SiteState:
 
 
 class StatusPoller:
-    """Polls one site's status through its channel until stopped."""
+    """Polls one site's status through its client until stopped."""
 
-    def __init__(self, state: SiteState, channel: ControlChannel):
+    def __init__(self, state: SiteState, client: SiteClient):
         self.state = state
-        self.channel = channel
-        self._site = state.config.site_config.model_dump()
+        self.client = client
         self._task: asyncio.Task | None = None
         self._hurry_until = 0.0
         self._hurry_interval_s = 1.0
@@ -244,18 +242,14 @@ class StatusPoller:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self.channel.close()
+        self.client.close()
 
     async def poll_once(self) -> None:
-        timeout_s = self.state.config.timeouts.status_s
         self.state.status_requested()
-        future = self.channel.submit(site_status, self._site, timeout_s)
         try:
-            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout_s + 1.0)
-            status = SiteStatus.model_validate(result)
-        except TimeoutError:
-            future.cancel()
-            self.state.record_status_failure(f"status call timed out after {timeout_s:.0f} s")
+            status = await self.client.status()
+        except SiteCallTimeout as exc:
+            self.state.record_status_failure(str(exc))
         except ValidationError as exc:
             self.state.record_status_failure(f"status report is malformed: {exc}")
         except Exception as exc:  # the channel's own failure: auth, network, endpoint offline

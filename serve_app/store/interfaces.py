@@ -16,6 +16,8 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
+from deployments.errors import FirstError
+
 KEY_PREFIX = "first-"
 CredentialKind = Literal["api-key", "globus", "anonymous"]
 
@@ -60,7 +62,7 @@ class UsageSummary(BaseModel):
     total_tokens: int
 
 
-class StoreError(RuntimeError):
+class StoreError(FirstError):
     """A store operation that cannot be done; the message is for the user."""
 
 

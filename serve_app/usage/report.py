@@ -11,13 +11,14 @@ import re
 
 from pydantic import BaseModel
 
+from deployments.errors import FirstError
 from serve_app.store import UsageGrouping, UsageStore, UsageSummary
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-class PeriodError(ValueError):
+class PeriodError(FirstError):
     """A bad `since` or `until`; `param` says which."""
 
     def __init__(self, param: str, message: str):

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from serve_app.batch.protocol import BatchRecord, BatchResult, FileRecord
+from deployments.batch_jobs import BatchResult
+from serve_app.batch.protocol import BatchRecord, FileRecord
 from serve_app.batch.store import SqliteBatchStore
 
 

@@ -20,7 +20,7 @@ from serve_app.routing.control_channel import (
     ChannelError,
     GlobusComputeChannel,
     LocalChannel,
-    build_channels,
+    build_site_clients,
 )
 from serve_app.settings import Settings
 from tests.conftest import free_port
@@ -61,16 +61,16 @@ def no_network(monkeypatch):
 
 
 def test_building_a_globus_compute_channel_makes_no_network_call(no_network):
-    channels = build_channels(_federation(GLOBUS), Settings(CLIENT_ID, SECRET))
+    clients = build_site_clients(_federation(GLOBUS), Settings(CLIENT_ID, SECRET))
     try:
-        executor = channels["site0"].executor
+        executor = clients["site0"].channel.executor
         from globus_compute_sdk import Executor
 
         assert isinstance(executor, Executor)
         assert executor.endpoint_id == ENDPOINT or str(executor.endpoint_id) == str(ENDPOINT)
     finally:
-        for channel in channels.values():
-            channel.close()
+        for client in clients.values():
+            client.close()
     assert no_network == []
 
 
@@ -81,7 +81,7 @@ def test_building_a_globus_compute_channel_makes_no_network_call(no_network):
 )
 def test_missing_credentials_name_the_site_and_the_variables(settings):
     with pytest.raises(ChannelError) as caught:
-        build_channels(_federation({"kind": "local"}, GLOBUS), settings)
+        build_site_clients(_federation({"kind": "local"}, GLOBUS), settings)
     message = str(caught.value)
     assert message.startswith("sites[1] (site1).channel: ")
     assert "FIRST_GLOBUS_CLIENT_ID" in message and "FIRST_GLOBUS_CLIENT_SECRET" in message

@@ -1,0 +1,111 @@
+"""`first gateway up`: the federating gateway, on Ray Serve or standalone, until Ctrl-C."""
+
+from __future__ import annotations
+
+import click
+
+from serve_app.cli.common import (
+    KEY_FROM_ENVIRONMENT,
+    config_option,
+    echo,
+    log_keeper_decisions,
+    serve_until_signal,
+    usage_banner,
+)
+
+
+@click.group()
+def gateway() -> None:
+    """Run the federating gateway: one OpenAI endpoint over many sites."""
+
+
+@gateway.command("up")
+@config_option("Federation YAML file (see cluster_configs/local-federation.yaml).")
+@click.option(
+    "--standalone",
+    is_flag=True,
+    help="Serve the gateway under uvicorn in this process instead of on Ray Serve.",
+)
+@click.option("--port", type=int, default=None, help="Override gateway.port from the config.")
+@click.option(
+    "--timeout-s",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="How long to wait for the colocated sites' warm models to answer.",
+)
+@click.option(
+    "--with-key",
+    "key_user",
+    default=None,
+    metavar="USER",
+    help="Make an API key for USER and show it in the examples; with $FIRST_API_KEY set, "
+    "that key is registered (or reused) instead, so scripted runs are repeatable.",
+)
+def gateway_up(
+    config_path: str, standalone: bool, port: int | None, timeout_s: float, key_user: str | None
+) -> None:
+    """Start the gateway (and its colocated sites) and serve until Ctrl-C."""
+    from deployments.site_runner import shut_down
+    from serve_app.config import FederationConfig, load_federation
+    from serve_app.hosting import (
+        bring_up_on_serve,
+        gateway_url,
+        serve_app_names,
+        serve_standalone,
+        verify_access,
+        verify_channels,
+    )
+    from serve_app.settings import Settings
+
+    config = load_federation(config_path)
+    if port is not None:
+        data = config.model_dump()
+        data["gateway"]["port"] = port
+        config = FederationConfig.model_validate(data)
+    url = gateway_url(config)
+    models = sorted({m.id for s in config.sites for m in s.site_config.models})
+    settings = Settings.from_environment()
+    api_key: str | None = None
+
+    def announce() -> None:
+        where = f"   (sites and their state: {url}/health, {url}/v1/models)"
+        click.echo(usage_banner("The gateway", url, models, where, api_key), err=True)
+        click.echo(f"READY {url}", err=False)
+
+    log_keeper_decisions()
+    verify_channels(config, settings, echo)
+    verify_access(config, settings)
+    # Only once the checks pass: a key made for a gateway that never starts is never shown.
+    if key_user:
+        api_key = _banner_key(config, key_user, settings.api_key)
+    if standalone:
+        echo(f"serving standalone on {url}")
+        serve_standalone(config, announce)
+        return
+    serve_until_signal(
+        lambda: bring_up_on_serve(config, timeout_s, echo),
+        announce,
+        lambda: shut_down(config.gateway.ray, serve_app_names(config)),
+    )
+
+
+def _banner_key(config, user: str, given: str | None) -> str:
+    """The key `--with-key` shows: $FIRST_API_KEY (registered if new) or a new one."""
+    from serve_app.store import build_store, new_api_key
+
+    if not config.auth.api_keys:
+        raise click.ClickException("--with-key: this gateway accepts no API keys (auth.api_keys)")
+    store = build_store(config.store)
+    if given:
+        known = store.find_key(given)
+        if known is not None and known.revoked_at is not None:
+            raise click.ClickException(f"FIRST_API_KEY is the revoked key {known.key_id}")
+        if known is None:
+            store.add_key(given, user, [])
+            echo(f"registered FIRST_API_KEY for {user}")
+        return KEY_FROM_ENVIRONMENT
+    key = new_api_key()
+    record = store.add_key(key, user, [])
+    echo(f"made API key {record.key_id} for {user}")
+    return key

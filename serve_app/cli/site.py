@@ -1,0 +1,62 @@
+"""`first site`: run one site (a Ray cluster serving models) and read its status."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from serve_app.cli.common import config_option, echo, load_site, serve_until_signal, usage_banner
+
+
+@click.group()
+def site() -> None:
+    """Run and inspect one site (a Ray cluster serving models)."""
+
+
+@site.command("up")
+@config_option("Site YAML file (see cluster_configs/local.yaml).")
+@click.option("--port", type=int, default=None, help="Override serve.port from the config.")
+@click.option(
+    "--timeout-s",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="How long to wait for every warm model to answer.",
+)
+def site_up(config_path: str, port: int | None, timeout_s: float) -> None:
+    """Start or join Ray, deploy the site's models, and serve until Ctrl-C."""
+    from deployments.site_runner import bring_up, shut_down
+
+    site_config = load_site(config_path, port)
+    if site_config.slurm is not None:
+        raise click.ClickException(
+            f"{config_path}: this site's models run in Slurm jobs; start one with "
+            "`first slurm launch`, or let the gateway start them on demand"
+        )
+
+    def announce() -> None:
+        models = [m.id for m in site_config.models]
+        banner = usage_banner(f"Site {site_config.name!r}", site_config.base_url, models)
+        click.echo(banner, err=True)
+        click.echo(f"READY {site_config.base_url}", err=False)
+
+    serve_until_signal(
+        lambda: bring_up(site_config, timeout_s, echo),
+        announce,
+        lambda: shut_down(site_config.ray, [site_config.serve.app_name]),
+    )
+
+
+@site.command("status")
+@config_option("Site YAML file of a running site.")
+def site_status_command(config_path: str) -> None:
+    """Print the site's per-model status (replicas, requests, readiness) as JSON."""
+    from deployments.site_functions import site_status
+    from deployments.site_status import SiteStatus
+
+    site_config = load_site(config_path)
+    status = SiteStatus.model_validate(site_status(site_config.model_dump(mode="json")))
+    click.echo(json.dumps(status.model_dump(mode="json"), indent=2))
+    if not status.reachable:
+        raise click.ClickException(f"site {site_config.name!r} is not reachable: {status.error}")

@@ -1,0 +1,160 @@
+"""One inference request end to end: access, placement, forwarding, metering.
+
+Routes call `InferenceService.forward` and nothing else: it checks the
+caller may use the model and is within their limits (serve_app/access/),
+asks the federation where to send it, a cold start included
+(serve_app/routing/federation.py), forwards it with retries before the
+first byte (serve_app/routing/forwarding.py), and meters the answer
+(serve_app/usage/): metrics, the token limits and the usage ledger hear of
+every outcome, a refusal or a client that left included, exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from serve_app.access.policy import Principal
+from serve_app.access.ratelimit import RateLimiter
+from serve_app.config import FederationConfig
+from serve_app.errors import GatewayError
+from serve_app.middleware import until_disconnected
+from serve_app.protocol import OpenAIModel, StreamOptions
+from serve_app.routing.federation import Federation
+from serve_app.routing.forwarding import Forwarder
+from serve_app.routing.prefix_affinity import prefix_blocks
+from serve_app.store import UsageRecord
+from serve_app.usage.ledger import UsageLedger
+from serve_app.usage.metering import Meter
+
+
+class InferenceService:
+    def __init__(
+        self,
+        config: FederationConfig,
+        federation: Federation,
+        limiter: RateLimiter,
+        ledger: UsageLedger | None,
+    ):
+        self.config = config
+        self.federation = federation
+        self.metrics = federation.metrics
+        self.limiter = limiter
+        self.ledger = ledger
+        self.forwarder = Forwarder(
+            federation.sites, config.placement.retry_after_s, federation.metrics
+        )
+        self._background: set[asyncio.Task] = set()
+
+    async def stop(self) -> None:
+        """Close the site connections; wait for the token counts still being recorded."""
+        await self.forwarder.close()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def forward(
+        self,
+        request: Request,
+        path: str,
+        body: OpenAIModel,
+        caller: Principal,
+        site: str | None = None,
+    ) -> Response:
+        """Check the caller may, pick sites, forward; every outcome is metered once."""
+        model = body.model
+        request_id = request.scope.get("state", {}).get("request_id", "")
+        payload, meter = self._prepare(body)
+        meter.on_done = self._accountant(caller, path, request_id, body)
+        try:
+            self.federation.policy.require_model(caller, model)
+            await self.limiter.admit(caller.user, model)
+
+            async def place_and_forward() -> Response:
+                # A caller held through a cold start may leave; the hold ends with it.
+                prefix = self._prefix(body)
+                order = await self.federation.place_or_cold_start(caller, model, site, prefix)
+                self.metrics.placed(model, order)
+                response = await self.forwarder.forward(path, payload, request_id, order, meter)
+                if prefix and meter.site is not None:
+                    self.federation.placer.remember(prefix, meter.site)
+                return response
+
+            response = await until_disconnected(request, place_and_forward())
+        except GatewayError as exc:
+            meter.finish(exc.status)
+            raise
+        except asyncio.CancelledError:
+            meter.finish(499)
+            raise
+        except Exception:
+            meter.finish(500)
+            raise
+        if response is None:
+            # 499: nginx's "client closed request"; nobody is left to read it.
+            meter.finish(499)
+            return Response(status_code=499)
+        return response
+
+    def _prefix(self, body: OpenAIModel) -> list[bytes] | None:
+        """The prompt's block hashes, when placement follows prefixes."""
+        if self.config.placement.policy != "prefix-aware":
+            return None
+        settings = self.config.placement.prefix
+        return prefix_blocks(_prompt_of(body), settings.block_chars, settings.max_blocks)
+
+    def _prepare(self, body: OpenAIModel) -> tuple[bytes, Meter]:
+        """The site's request body; streams always ask the site for usage, to meter them."""
+        keep = self.config.ledger.store_content
+        usage_requested = True
+        if getattr(body, "stream", None):
+            options = body.stream_options or StreamOptions()
+            usage_requested = bool(options.include_usage)
+            if not usage_requested:
+                options = options.model_copy(update={"include_usage": True})
+                body = body.model_copy(update={"stream_options": options})
+        # Explicit nulls mean "default" in OpenAI's API; some servers choke on them.
+        payload = body.model_dump_json(exclude_none=True).encode()
+        return payload, Meter(body.model, usage_requested=usage_requested, keep_content=keep)
+
+    def _accountant(self, caller: Principal, path: str, request_id: str, body: OpenAIModel):
+        started_at, started = time.time(), time.monotonic()
+
+        def account(meter: Meter) -> None:
+            self.metrics.request_done(meter, path, started)
+            if meter.total_tokens:
+                task = asyncio.ensure_future(
+                    self.limiter.record(caller.user, meter.model, meter.total_tokens)
+                )
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            if self.ledger is None:
+                return
+            self.ledger.record(
+                UsageRecord(
+                    time=started_at,
+                    request_id=request_id,
+                    user=caller.user,
+                    credential=caller.credential,
+                    route=path,
+                    model=meter.model[:256],
+                    site=meter.site,
+                    status=meter.status,
+                    prompt_tokens=meter.prompt_tokens,
+                    completion_tokens=meter.completion_tokens,
+                    latency_s=round(time.monotonic() - started, 6),
+                    prompt=_prompt_of(body) if meter.keep_content else None,
+                    completion=meter.completion,
+                )
+            )
+
+        return account
+
+
+def _prompt_of(body: OpenAIModel) -> str:
+    for name in ("messages", "prompt", "input"):
+        if (value := getattr(body, name, None)) is not None:
+            return json.dumps(value, default=lambda v: v.model_dump(exclude_none=True))
+    return ""
