@@ -45,6 +45,22 @@ def federation_option(help_text: str = "Federation YAML file.") -> Callable:
     return config_option(help_text, default=DEFAULT_FEDERATION)
 
 
+def port_option(field: str) -> Callable:
+    """`--port`, overriding `field` of the config."""
+    return click.option("--port", type=int, default=None, help=f"Override {field} from the config.")
+
+
+def start_timeout_option(what: str) -> Callable:
+    """`--timeout-s`: how long a `... up` command waits for `what` to answer."""
+    return click.option(
+        "--timeout-s",
+        type=float,
+        default=600.0,
+        show_default=True,
+        help=f"How long to wait for {what} to answer.",
+    )
+
+
 def load_site(path: str, port: int | None = None) -> SiteConfig:
     site = load_config(path, SiteConfig)
     if port is not None:

@@ -9,7 +9,9 @@ from serve_app.cli.common import (
     config_option,
     echo,
     log_keeper_decisions,
+    port_option,
     serve_until_signal,
+    start_timeout_option,
     usage_banner,
 )
 
@@ -26,14 +28,8 @@ def gateway() -> None:
     is_flag=True,
     help="Serve the gateway under uvicorn in this process instead of on Ray Serve.",
 )
-@click.option("--port", type=int, default=None, help="Override gateway.port from the config.")
-@click.option(
-    "--timeout-s",
-    type=float,
-    default=600.0,
-    show_default=True,
-    help="How long to wait for the colocated sites' warm models to answer.",
-)
+@port_option("gateway.port")
+@start_timeout_option("the colocated sites' warm models")
 @click.option(
     "--with-key",
     "key_user",

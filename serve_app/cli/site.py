@@ -6,7 +6,15 @@ import json
 
 import click
 
-from serve_app.cli.common import config_option, echo, load_site, serve_until_signal, usage_banner
+from serve_app.cli.common import (
+    config_option,
+    echo,
+    load_site,
+    port_option,
+    serve_until_signal,
+    start_timeout_option,
+    usage_banner,
+)
 
 
 @click.group()
@@ -16,14 +24,8 @@ def site() -> None:
 
 @site.command("up")
 @config_option("Site YAML file (see cluster_configs/local.yaml).")
-@click.option("--port", type=int, default=None, help="Override serve.port from the config.")
-@click.option(
-    "--timeout-s",
-    type=float,
-    default=600.0,
-    show_default=True,
-    help="How long to wait for every warm model to answer.",
-)
+@port_option("serve.port")
+@start_timeout_option("every warm model")
 def site_up(config_path: str, port: int | None, timeout_s: float) -> None:
     """Start or join Ray, deploy the site's models, and serve until Ctrl-C."""
     from deployments.site_runner import bring_up, shut_down
