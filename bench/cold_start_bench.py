@@ -46,7 +46,8 @@ import yaml
 from openai import OpenAI
 
 from serve_app.store import new_api_key
-from tests.support.processes import FIRST, FirstProcess, free_port
+from tests.support.processes import FIRST, start_standalone_gateway
+from tests.support.waiting import eventually
 
 REPO = Path(__file__).resolve().parent.parent
 DEV_SLURM = REPO / "scripts" / "dev-slurm.sh"
@@ -87,24 +88,22 @@ def stop_dev_slurm(root: Path) -> None:
     subprocess.run([str(DEV_SLURM), "stop", str(root)], timeout=120, check=False)
 
 
-def write_configs(workdir: Path, port: int) -> tuple[Path, Path]:
-    """The bench's copies of the Slurm site and its federation; (site file, federation file)."""
+def write_configs(workdir: Path) -> tuple[Path, dict]:
+    """The bench's copies of the Slurm site and its federation: (site file, federation
+    config; `start_standalone_gateway` picks its port)."""
     site = yaml.safe_load(SITE_YAML.read_text())
     site["slurm"]["state_dir"] = str(workdir / "slurm-state")
     for model in site["models"]:
         if model["id"] == MODEL:
             model["source"] = str(TINY_MODEL.resolve())
     federation = yaml.safe_load(FEDERATION_YAML.read_text())
-    federation["gateway"]["port"] = port
     federation["limits"] = None
     federation.setdefault("cold_start", {})["hold_s"] = HOLD_S
     federation["store"] = {"kind": "sqlite", "path": str(workdir / "first.db")}
     (site_path := workdir / "local-slurm.yaml").write_text(yaml.safe_dump(site, sort_keys=False))
     for entry in federation["sites"]:
         entry["site"] = site_path.name
-    fed_path = workdir / "local-slurm-federation.yaml"
-    fed_path.write_text(yaml.safe_dump(federation, sort_keys=False))
-    return site_path, fed_path
+    return site_path, federation
 
 
 # -- the model's jobs -----------------------------------------------------------
@@ -201,17 +200,24 @@ def stop_model(
 
 def wait_for_fresh_report(gateway_url: str, key: str, since_wall: float, timeout_s=60) -> None:
     """Until the gateway holds a status report of the site collected after `since_wall`."""
-    deadline = time.monotonic() + timeout_s
     headers = {"Authorization": f"Bearer {key}"}
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-            report = httpx.get(f"{gateway_url}/health", headers=headers, timeout=10).json()
-            site = report["sites"][0]
-            age = site["report_age_s"]
-            if site["health"] == "up" and age is not None and age < time.time() - since_wall:
-                return
-        time.sleep(0.5)
-    raise RuntimeError(f"the gateway got no fresh status report within {timeout_s} s")
+
+    def fresh() -> bool:
+        report = httpx.get(f"{gateway_url}/health", headers=headers, timeout=10).json()
+        site = report["sites"][0]
+        age = site["report_age_s"]
+        return site["health"] == "up" and age is not None and age < time.time() - since_wall
+
+    try:
+        eventually(
+            fresh,
+            timeout_s,
+            "a fresh status report in the gateway",
+            interval_s=0.5,
+            retry_on=(httpx.HTTPError, ValueError, KeyError),
+        )
+    except AssertionError as exc:
+        raise RuntimeError(f"the gateway got no fresh status report within {timeout_s} s") from exc
 
 
 def ray_temp_of(job_id: str) -> Path:
@@ -499,15 +505,17 @@ def main() -> None:
         os.environ["SLURM_CONF"] = slurm_conf  # for the Slurm commands run from here too
         env = dict(os.environ)
         key = new_api_key()
-        site_path, fed_path = write_configs(workdir, free_port())
+        site_path, federation = write_configs(workdir)
+        fed_path = workdir / "local-slurm-federation.yaml"
         progress(f"starting the standalone gateway ({fed_path})")
-        gateway = FirstProcess.start(
-            ["gateway", "up", "--standalone", "--config", str(fed_path), "--with-key", "bench"],
-            workdir,
+        gateway, url = start_standalone_gateway(
+            federation,
+            fed_path,
             "gateway",
+            args=("--with-key", "bench"),
             env={"SLURM_CONF": slurm_conf, "FIRST_API_KEY": key},
+            timeout_s=120,
         )
-        url = gateway.wait_ready(120)
         progress(f"gateway ready at {url}")
         client = OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=HOLD_S + 120)
         bench = Bench(client, url, key, site_path, env, slurm_conf)

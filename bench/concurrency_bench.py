@@ -31,11 +31,10 @@ from bench.harness import (
     cpu_use,
     latency_summary,
     standalone_gateway,
-    start_standalone_gateway,
     vllm_bench_serve,
 )
 from serve_app.config import load_federation
-from tests.support.processes import FirstProcess, free_port
+from tests.support.processes import FirstProcess, free_port, start_standalone_gateway
 
 MODEL = "tiny-llama"
 INPUT_TOKENS, OUTPUT_TOKENS = 64, 32
@@ -89,10 +88,13 @@ def main() -> None:
         processes.append(stack)
         gateway_url = stack.wait_ready(600)
         # The same gateway under uvicorn, with the same keys and ledger.
-        standalone_path = standalone_gateway(path, workdir, "standalone")
-        standalone = start_standalone_gateway(standalone_path, workdir, "standalone")
+        standalone, standalone_url = start_standalone_gateway(
+            standalone_gateway(path, workdir),
+            workdir / "federation-standalone.yaml",
+            "standalone",
+            timeout_s=120,
+        )
         processes.append(standalone)
-        standalone_url = standalone.wait_ready(120)
         site_url = load_federation(path).sites[0].url
         paths = {"gateway": gateway_url, "standalone": standalone_url, "site": site_url}
         for url in paths.values():  # warm both paths up

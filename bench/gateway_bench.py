@@ -45,9 +45,10 @@ import httpx
 import psutil
 import yaml
 
-from bench.harness import one_replica_gateway, start_standalone_gateway
+from bench.harness import one_replica_gateway
 from serve_app.config import load_federation
-from tests.support.processes import FirstProcess, free_port
+from tests.support.processes import FirstProcess, free_port, start_standalone_gateway
+from tests.support.waiting import eventually
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "sim-zero"
@@ -103,24 +104,30 @@ class Background:
 
 
 def wait_until_answering(target: Target, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.post(
-                target.url, json=target.body, headers=dict(target.headers), timeout=10
-            )
-            if response.status_code == 200:
-                return
-            last = f"HTTP {response.status_code}: {response.text[:200]}"
-        except httpx.HTTPError as exc:
-            last = type(exc).__name__
-        time.sleep(0.5)
-    raise SystemExit(f"{what} did not answer at {target.url} ({last})")
+    def answers() -> bool:
+        response = httpx.post(
+            target.url, json=target.body, headers=dict(target.headers), timeout=10
+        )
+        if response.status_code != 200:
+            message = f"HTTP {response.status_code}: {response.text[:200]}"
+            raise httpx.HTTPStatusError(message, request=response.request, response=response)
+        return True
+
+    try:
+        eventually(
+            answers,
+            timeout_s,
+            f"{what} to answer at {target.url}",
+            interval_s=0.5,
+            retry_on=(httpx.HTTPError,),
+        )
+    except AssertionError as exc:
+        raise SystemExit(str(exc)) from None
 
 
-def federation_files(workdir: Path, fixed_url: str, ray_temp: str) -> tuple[Path, Path]:
-    """The Serve-hosted federation (local site colocated) and its standalone twin.
+def federation_files(workdir: Path, fixed_url: str, ray_temp: str) -> tuple[Path, dict]:
+    """The Serve-hosted federation's file (local site colocated) and its standalone twin's
+    config (`start_standalone_gateway` picks its port).
 
     Both list a second site, `fixed`, that reports the local site's status but
     is reached at the fixed backend, so one gateway fronts both backends.
@@ -153,14 +160,11 @@ def federation_files(workdir: Path, fixed_url: str, ray_temp: str) -> tuple[Path
     serve_config["sites"].append(fixed)
     serve_path.write_text(yaml.safe_dump(serve_config))
     standalone_config = {
-        "gateway": {"port": free_port()},
         "store": serve_config["store"],
         "limits": None,
         "sites": [{"name": "local", "site": site_as_run, "base_url": colocated.url}, fixed],
     }
-    standalone_path = workdir / "federation-standalone.yaml"
-    standalone_path.write_text(yaml.safe_dump(standalone_config))
-    return serve_path, standalone_path
+    return serve_path, standalone_config
 
 
 def start_serve_stack(serve_path: Path, workdir: Path) -> FirstProcess:
@@ -317,7 +321,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script: start, measure, stop
     ray_temp = tempfile.mkdtemp(prefix="first-bench-", dir="/tmp")
     fixed_port, litellm_port = free_port(), free_port()
     fixed_url = f"http://127.0.0.1:{fixed_port}"
-    serve_path, standalone_path = federation_files(workdir, fixed_url, ray_temp)
+    serve_path, standalone_config = federation_files(workdir, fixed_url, ray_temp)
     helpers: list[Background] = []
     firsts: list[FirstProcess] = []
     try:
@@ -336,9 +340,13 @@ def main() -> None:  # noqa: PLR0915 - one linear script: start, measure, stop
         serve_url = serve.wait_ready(600)
         log(f"gateway on Serve ready in {time.monotonic() - started:.0f} s at {serve_url}")
         site_url = load_federation(serve_path).sites[0].url
-        standalone = start_standalone_gateway(standalone_path, workdir, "standalone")
+        standalone, standalone_url = start_standalone_gateway(
+            standalone_config,
+            workdir / "federation-standalone.yaml",
+            "standalone",
+            timeout_s=120,
+        )
         firsts.append(standalone)
-        standalone_url = standalone.wait_ready(120)
         log(f"standalone gateway ready at {standalone_url}")
         env = {**os.environ, **LITELLM_ENV}
         helpers.append(

@@ -18,7 +18,7 @@ import psutil
 import yaml
 
 from serve_app.config import load_federation
-from tests.support.processes import FirstProcess, free_port
+from tests.support.processes import FirstProcess, free_port, start_standalone_gateway
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = REPO / ".first" / "models" / "tiny-llama"
@@ -73,32 +73,29 @@ def running_stack(stack: Path, workdir: Path, ray_temp: str, timeout_s: float) -
         shutil.rmtree(ray_temp, ignore_errors=True)
 
 
-def start_standalone_gateway(
-    config: Path, workdir: Path, name: str, env: dict | None = None
-) -> FirstProcess:
-    """`first gateway up --standalone` of `config`, started (`wait_ready` gives its URL)."""
-    args = ["gateway", "up", "--standalone", "--config", str(config)]
-    return FirstProcess.start(args, workdir, name, env)
-
-
 @contextmanager
 def running_policy_gateway(stack: Path, policy: str, workdir: Path) -> Iterator[str]:
     """A standalone gateway placing by `policy` in front of the stack's sites: its URL."""
-    process = start_standalone_gateway(policy_gateway(stack, policy, workdir), workdir, policy)
+    process, url = start_standalone_gateway(
+        policy_gateway(stack, policy, workdir),
+        workdir / f"federation-{policy}.yaml",
+        policy,
+        timeout_s=120,
+    )
     try:
-        yield process.wait_ready(120)
+        yield url
     finally:
         process.stop()
 
 
 def standalone_gateway(
-    stack: Path, workdir: Path, name: str, channel: dict | None = None, **sections: object
-) -> Path:
-    """A standalone gateway's config (`federation-NAME.yaml`): the stack's sites by URL,
-    the stack's store, no rate limits; `sections` replace top-level sections."""
+    stack: Path, workdir: Path, channel: dict | None = None, **sections: object
+) -> dict:
+    """A standalone gateway's config (for `start_standalone_gateway`, which picks its
+    port): the stack's sites by URL, the stack's store, no rate limits; `sections`
+    replace top-level sections."""
     federation = load_federation(stack)
-    config = {
-        "gateway": {"port": free_port()},
+    return {
         "limits": None,
         "store": {"path": str(workdir / "first.db")},
         "sites": [
@@ -112,17 +109,13 @@ def standalone_gateway(
         ],
         **sections,
     }
-    path = workdir / f"federation-{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
-def policy_gateway(stack: Path, policy: str, workdir: Path) -> Path:
+def policy_gateway(stack: Path, policy: str, workdir: Path) -> dict:
     """An open standalone gateway placing by `policy`: no auth, no ledger, 1 s polls."""
     return standalone_gateway(
         stack,
         workdir,
-        policy,
         channel={"kind": "local", "poll_interval_s": 1.0},
         auth={"required": False},
         ledger={"enabled": False},

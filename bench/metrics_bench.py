@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import httpx
-import yaml
 
 from bench.gateway_bench import (
     BODY,
@@ -45,21 +44,11 @@ from bench.gateway_bench import (
     summarise,
     wait_until_answering,
 )
-from bench.harness import start_standalone_gateway
 from serve_app.metrics import MULTIPROCESS_DIR_VARIABLE
-from tests.support.processes import FirstProcess, free_port
+from tests.support.processes import FirstProcess, free_port, start_standalone_gateway
 
 VARIANTS = ("off", "on", "on-multiprocess")
 CHAT = "/sites/fixed/v1/chat/completions"
-
-
-def variant_config(standalone_path: Path, variant: str, workdir: Path) -> Path:
-    config = yaml.safe_load(standalone_path.read_text())
-    config["gateway"]["port"] = free_port()
-    config["metrics"] = {"enabled": variant != "off"}
-    path = workdir / f"federation-{variant}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def scrape_every_second(urls: list[str], stop: threading.Event) -> None:
@@ -71,7 +60,7 @@ def scrape_every_second(urls: list[str], stop: threading.Event) -> None:
 
 
 def start_gateways(
-    workdir: Path, standalone_path: Path, firsts: list[FirstProcess]
+    workdir: Path, standalone: dict, firsts: list[FirstProcess]
 ) -> dict[str, Target]:
     """The three standalone gateways, answering; their targets by variant."""
     urls: dict[str, str] = {}
@@ -81,10 +70,14 @@ def start_gateways(
             samples = workdir / "samples"
             samples.mkdir()
             env[MULTIPROCESS_DIR_VARIABLE] = str(samples)
-        path = variant_config(standalone_path, variant, workdir)
-        process = start_standalone_gateway(path, workdir, variant, env)
+        process, urls[variant] = start_standalone_gateway(
+            {**standalone, "metrics": {"enabled": variant != "off"}},
+            workdir / f"federation-{variant}.yaml",
+            variant,
+            env=env,
+            timeout_s=120,
+        )
         firsts.append(process)
-        urls[variant] = process.wait_ready(120)
     ours = (("Authorization", f"Bearer {FIRST_KEY}"),)
     targets = {v: Target(f"{url}{CHAT}", BODY, ours) for v, url in urls.items()}
     for variant, target in targets.items():
@@ -140,9 +133,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="first-bench-metrics-"))
     ray_temp = tempfile.mkdtemp(prefix="first-bench-", dir="/tmp")
     fixed_port = free_port()
-    serve_path, standalone_path = federation_files(
-        workdir, f"http://127.0.0.1:{fixed_port}", ray_temp
-    )
+    serve_path, standalone = federation_files(workdir, f"http://127.0.0.1:{fixed_port}", ray_temp)
     fixed = Background.start(
         "fixed",
         [sys.executable, "-m", "bench.fixed_backend", "--port", str(fixed_port)],
@@ -155,7 +146,7 @@ def main() -> None:
         serve = start_serve_stack(serve_path, workdir)
         firsts.append(serve)
         serve.wait_ready(600)
-        targets = start_gateways(workdir, standalone_path, firsts)
+        targets = start_gateways(workdir, standalone, firsts)
         urls = [target.url.removesuffix(CHAT) for target in targets.values()]
         threading.Thread(
             target=scrape_every_second, args=(urls, stop_scraping), daemon=True

@@ -20,7 +20,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +32,8 @@ import yaml
 
 from serve_app.config import load_federation
 from tests.fakes.globus_auth import FakeGlobusAuth, FakeIdentity, running_fake_globus_auth
-from tests.support.processes import FIRST, FirstProcess, free_port
+from tests.support.processes import FIRST, FirstProcess, free_port, start_standalone_gateway
+from tests.support.waiting import eventually
 
 REPO = Path(__file__).resolve().parent.parent
 STACK_START_TIMEOUT_S = 600
@@ -120,15 +120,24 @@ def make_key(federation_path: Path, user: str, groups: list[str]) -> str:
 
 
 def records_of(store_path: Path, user: str, count: int, timeout_s: float = 10) -> list:
-    """The user's usage records once `count` have been written (they are written in batches)."""
+    """The user's usage records once `count` (one or more) have been written (they are
+    written in batches)."""
     from serve_app.store import SqliteStore
 
     store = SqliteStore(store_path)
-    deadline = time.monotonic() + timeout_s
-    while len(records := store.usage(user)) < count:
-        assert time.monotonic() < deadline, f"{len(records)} of {count} records written"
-        time.sleep(0.2)
-    return records
+
+    def written() -> list:
+        records = store.usage(user)
+        assert len(records) >= count, f"{len(records)} of {count} records written"
+        return records
+
+    return eventually(
+        written,
+        timeout_s,
+        f"{count} usage records of {user}",
+        interval_s=0.2,
+        retry_on=(AssertionError,),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -266,13 +275,13 @@ def site(stack) -> RunningSite:
 
 def start_standalone(
     stack: RunningStack, workdir: Path, globus_auth: FakeGlobusAuth, **sections
-) -> FirstProcess:
+) -> tuple[FirstProcess, str]:
     """`first gateway up --standalone` in front of the stack's site, with the stack's
-    access config and store, `sections` replacing top-level sections."""
+    access config and store, `sections` replacing top-level sections; ready: it and its
+    URL. Its config is WORKDIR/federation.yaml."""
     site = yaml.safe_load(stack.site.config_path.read_text())
     federation = {
         **access_config(stack.store_path),
-        "gateway": {"port": free_port()},
         "sites": [
             {
                 "name": "local",
@@ -283,13 +292,12 @@ def start_standalone(
         ],
         **sections,
     }
-    path = workdir / "federation.yaml"
-    path.write_text(yaml.safe_dump(federation))
-    return FirstProcess.start(
-        ["gateway", "up", "--standalone", "--config", str(path)],
-        workdir,
+    return start_standalone_gateway(
+        federation,
+        workdir / "federation.yaml",
         "standalone",
         env=globus_environment(globus_auth),
+        timeout_s=60,
     )
 
 
@@ -302,9 +310,10 @@ def standalone_gateway(stack, tmp_path_factory, globus_auth) -> Iterator[str]:
     """
     auth = {**access_config(stack.store_path)["auth"]}
     auth["cache"] = {"max_s": STANDALONE_CACHE_S, "failure_s": 1}
-    process = start_standalone(stack, tmp_path_factory.mktemp("standalone"), globus_auth, auth=auth)
+    workdir = tmp_path_factory.mktemp("standalone")
+    process, url = start_standalone(stack, workdir, globus_auth, auth=auth)
     try:
-        yield process.wait_ready(60)
+        yield url
     finally:
         process.stop()
 

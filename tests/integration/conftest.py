@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port, private_ray_temp
-from tests.support.processes import FirstProcess
+from tests.support.processes import FirstProcess, start_standalone_gateway
 
 SITE_START_TIMEOUT_S = 300
 
@@ -94,26 +94,6 @@ def _site_config(name: str, models: list[dict]) -> dict:
     }
 
 
-def start_standalone_gateway(
-    config: dict, path: Path, workdir: Path, attempts: int = 3
-) -> tuple[FirstProcess, str]:
-    """Start it on a port picked now; pick again if something took the port meanwhile
-    (the sites' Ray processes bind ephemeral ports while they start)."""
-    for attempt in range(1, attempts + 1):
-        config["gateway"] = {**config.get("gateway", {}), "port": free_port()}
-        path.write_text(yaml.safe_dump(config))
-        gateway = FirstProcess.start(
-            ["gateway", "up", "--standalone", "--config", str(path)], workdir, "gateway"
-        )
-        try:
-            return gateway, gateway.wait_ready(60)
-        except RuntimeError as exc:
-            gateway.stop()
-            if "could not listen" not in str(exc) or attempt == attempts:
-                raise
-    raise ValueError("attempts must be at least 1")
-
-
 @dataclass
 class Federation:
     gateway_url: str
@@ -147,14 +127,15 @@ def federation(tmp_path_factory) -> Iterator[Federation]:
             for name, site in [*((n, s.config) for n, s in sites.items()), ("ghost", ghost)]
         ],
     }
-    gateway_path = workdir / "federation.yaml"
     gateway = None
     try:
         for site in sites.values():
             site.start()
         with ThreadPoolExecutor(len(sites)) as pool:
             list(pool.map(SimulatedSite.wait_ready, sites.values()))
-        gateway, url = start_standalone_gateway(config, gateway_path, workdir)
+        # On another port if something took its port meanwhile (the sites' Ray
+        # processes bind ephemeral ports while they start).
+        gateway, url = start_standalone_gateway(config, workdir / "federation.yaml", "gateway")
         yield Federation(url, sites)
     finally:
         if gateway is not None:

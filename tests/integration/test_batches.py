@@ -12,13 +12,14 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import httpx
 import openai
 import pytest
+from openai.types import Batch
 
 from tests.conftest import FIRST, MEMBERS, VLLM_MODEL, make_key, start_standalone
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 ENDED = ("completed", "failed", "cancelled", "expired")
@@ -40,13 +41,13 @@ def upload(client: openai.OpenAI, lines: list[str]) -> str:
 
 
 def wait_until(client: openai.OpenAI, batch_id: str, done, timeout_s: float = 240):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def reached() -> Batch:
         batch = client.batches.retrieve(batch_id)
-        if done(batch):
-            return batch
-        time.sleep(0.5)
-    raise AssertionError(f"batch {batch_id} still {batch.status} after {timeout_s} s: {batch}")
+        assert done(batch), f"batch {batch_id} still {batch.status}: {batch}"
+        return batch
+
+    what = f"batch {batch_id} to reach the awaited state"
+    return eventually(reached, timeout_s, what, interval_s=0.5, retry_on=(AssertionError,))
 
 
 def lines_of(client: openai.OpenAI, file_id: str | None) -> list[dict]:
@@ -136,8 +137,7 @@ def test_a_batch_survives_its_gateway_being_killed_and_nothing_is_duplicated(
         "store": {"path": str(tmp_path / "restart.db")},
         "batch": {"poll_interval_s": 0.5, "lease_s": 3},
     }
-    gateway = start_standalone(stack, tmp_path, globus_auth, **sections)
-    url = gateway.wait_ready(60)
+    gateway, url = start_standalone(stack, tmp_path, globus_auth, **sections)
     key = make_key(tmp_path / "federation.yaml", "restart-tester", [MEMBERS])
     client = stack.client(key, url=url, timeout=60)
     count = 160
@@ -148,9 +148,9 @@ def test_a_batch_survives_its_gateway_being_killed_and_nothing_is_duplicated(
     os.killpg(gateway.process.pid, signal.SIGKILL)  # no clean shutdown: the lease must expire
     gateway.process.wait(timeout=30)
 
-    again = start_standalone(stack, tmp_path, globus_auth, **sections)
+    again, url = start_standalone(stack, tmp_path, globus_auth, **sections)
     try:
-        client = stack.client(key, url=again.wait_ready(60), timeout=60)
+        client = stack.client(key, url=url, timeout=60)
         batch = wait_until(client, batch.id, lambda b: b.status in ENDED, timeout_s=600)
         outputs = lines_of(client, batch.output_file_id)
     finally:
@@ -275,11 +275,10 @@ def test_bad_batches_are_refused(stack):
 
 
 def test_a_file_over_the_limit_is_refused(stack, tmp_path, globus_auth):
-    gateway = start_standalone(
+    gateway, url = start_standalone(
         stack, tmp_path, globus_auth, batch={"max_file_bytes": 4096, "max_lines": 5}
     )
     try:
-        url = gateway.wait_ready(60)
         key = make_key(tmp_path / "federation.yaml", "limit-tester", [MEMBERS])
         with stack.http(key, url=url) as http:
             big = "\n".join(request_line(f"r{i}", chat("x" * 100)) for i in range(30)).encode()

@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from serve_app.routing.forwarding import SITE_HEADER
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -41,19 +42,21 @@ def health(url: str) -> dict[str, dict]:
     return {site["name"]: site for site in report["sites"]}
 
 
-def wait_for(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_for_health(url: str, site: str, state: str, timeout_s: float) -> None:
+    """Until the gateway's /health reports `site` as `state` (up, down)."""
+
+    def reported() -> bool:
+        report = health(url)[site]
+        assert report["health"] == state, report
+        return True
+
+    what = f"{site} reported {state}"
+    eventually(reported, timeout_s, what, interval_s=0.2, retry_on=(AssertionError,))
 
 
 def test_a_site_down_at_start_is_reported_down_and_others_serve(federation):
     url = federation.gateway_url
-    wait_for(lambda: health(url)["ghost"]["health"] == "down", 10, "ghost reported down")
+    wait_for_health(url, "ghost", "down", 10)
     assert health(url)["ghost"]["error"]
     models = {m["id"]: m for m in httpx.get(f"{url}/v1/models").json()["data"]}
     assert {s["site"] for s in models["sim-even"]["sites"]} == {"east", "west", "ghost"}
@@ -62,7 +65,7 @@ def test_a_site_down_at_start_is_reported_down_and_others_serve(federation):
 
 def test_a_model_no_healthy_site_serves_gets_503_with_retry_after(federation):
     url = federation.gateway_url
-    wait_for(lambda: health(url)["ghost"]["health"] == "down", 10, "ghost reported down")
+    wait_for_health(url, "ghost", "down", 10)
     response = ask(url, "sim-ghost")
     assert response.status_code == 503
     assert int(response.headers["retry-after"]) > 0
@@ -106,19 +109,20 @@ def test_most_traffic_goes_to_the_faster_site(federation):
 def test_requests_fail_over_when_a_site_stops_and_return_when_it_is_back(federation):
     url = federation.gateway_url
     west = federation.sites["west"]
-    wait_for(lambda: health(url)["west"]["health"] == "up", 30, "west up")
+    wait_for_health(url, "west", "up", 30)
     west.stop()
     # Every request after the stop succeeds, on east.
     after_stop = served_by(url, "sim-even", requests=30, concurrency=3)
     assert after_stop == {"east": 30}
-    wait_for(lambda: health(url)["west"]["health"] == "down", 10, "west reported down")
+    wait_for_health(url, "west", "down", 10)
     west.start()
     west.wait_ready()
-    wait_for(lambda: health(url)["west"]["health"] == "up", 30, "west up again")
-    returned = wait_for(
+    wait_for_health(url, "west", "up", 30)
+    returned = eventually(
         lambda: "west" in served_by(url, "sim-even", requests=12, concurrency=4),
         30,
         "traffic on west again",
+        interval_s=0.2,
     )
     assert returned
 
@@ -127,7 +131,7 @@ def test_a_stream_cut_by_its_site_ends_with_an_error_event(federation):
     """Last in this file: it leaves west stopped."""
     url = federation.gateway_url
     west = federation.sites["west"]
-    wait_for(lambda: health(url)["west"]["health"] == "up", 30, "west up")
+    wait_for_health(url, "west", "up", 30)
     client = openai.OpenAI(base_url=f"{url}/sites/west/v1", api_key="unused", max_retries=0)
     stream = client.chat.completions.create(
         model="sim-even", messages=HELLO, max_tokens=2000, stream=True, timeout=60

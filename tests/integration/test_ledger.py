@@ -117,11 +117,10 @@ def test_a_clean_shutdown_writes_every_record(stack, globus_auth, tmp_path):
     user = f"shutdown-{uuid.uuid4().hex[:8]}"
     key = stack.key(user, [MEMBERS])
     # Records would wait a minute for their batch: only the shutdown writes them.
-    gateway = start_standalone(
+    gateway, url = start_standalone(
         stack, tmp_path, globus_auth, ledger={"flush_interval_s": 60, "batch_size": 1000}
     )
     try:
-        url = gateway.wait_ready(60)
         client = stack.client(key, url=url)
         for _ in range(5):
             client.completions.create(model=VLLM_MODEL, prompt="hi", max_tokens=1)

@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from tests.conftest import BURST_RATE, BURST_USER, CAPPED_USER, INSIDERS, MEMBERS, SIMULATED_MODEL
+from tests.support.waiting import eventually
 
 ONE_TOKEN = {"model": SIMULATED_MODEL, "prompt": "hi", "max_tokens": 1}
 BURST_SECONDS = 6.0
@@ -53,16 +54,18 @@ def test_tokens_per_minute_are_counted_after_the_request(stack):
     client = stack.client(stack.key(CAPPED_USER, [MEMBERS, INSIDERS]))
     first = client.completions.create(model=SIMULATED_MODEL, prompt="hello", max_tokens=50)
     assert first.usage.total_tokens > 40  # over the user's 40 tokens/min
-    deadline = time.monotonic() + 5  # the count reaches the limiter just after the answer
-    while True:
+
+    def refusal() -> openai.RateLimitError | None:
         try:
             client.completions.create(model=SIMULATED_MODEL, prompt="hello", max_tokens=1)
         except openai.RateLimitError as exc:
-            assert "tokens/min" in exc.body["message"]
-            assert int(exc.response.headers["retry-after"]) >= 1
-            break
-        assert time.monotonic() < deadline, "the token limit never applied"
-        time.sleep(0.1)
+            return exc
+        return None  # the token limit has not applied yet
+
+    # The count reaches the limiter just after the answer.
+    refused = eventually(refusal, 5, "the token limit to apply", interval_s=0.1)
+    assert "tokens/min" in refused.body["message"]
+    assert int(refused.response.headers["retry-after"]) >= 1
 
 
 def test_limits_apply_per_user(stack):

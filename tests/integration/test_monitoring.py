@@ -18,6 +18,7 @@ from monitoring import DASHBOARDS_DIR
 from tests.conftest import ADMINS, MEMBERS, VLLM_MODEL
 from tests.integration.test_batches import chat, request_line, upload, wait_until
 from tests.support.processes import FirstProcess, free_port
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 CHAT = "/v1/chat/completions"
@@ -81,14 +82,16 @@ def prometheus(stack, tmp_path_factory) -> Iterator[str]:
 
 
 def query_range(prometheus: str, expr: str) -> list:
-    """The last five minutes of `expr`, as a dashboard shows it; fails on any PromQL error."""
+    """The last five minutes of `expr`, as a dashboard shows it; fails on any PromQL error,
+    at once: with pytest.fail, not an assert, which a wait on data would retry."""
     now = time.time()
     answer = httpx.get(
         f"{prometheus}/api/v1/query_range",
         params={"query": expr, "start": now - 300, "end": now, "step": 2},
         timeout=30,
     )
-    assert answer.status_code == 200, f"{expr}: {answer.text}"
+    if answer.status_code != 200:
+        pytest.fail(f"{expr}: {answer.text}")
     return answer.json()["data"]["result"]
 
 
@@ -115,22 +118,25 @@ def test_request_and_token_counters_equal_the_responses(stack):
         prompt += usage.prompt_tokens
         completion += usage.completion_tokens
 
-    def grown(name: str, **extra: str) -> float:
+    def grown(after: dict[tuple, float], name: str, **extra: str) -> float:
         return total(after, name, **extra) - total(before, name, **extra)
 
-    deadline = time.monotonic() + 15
-    while True:  # a stream is counted once the gateway has relayed its end
+    def all_counted() -> dict[tuple, float]:
         after = series(stack.gateway_url)
-        counted = grown("first_requests_total", **labels, status="200")
-        if counted >= 7 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert counted == 7
+        counted = grown(after, "first_requests_total", **labels, status="200")
+        assert counted >= 7, f"{counted} of 7 requests counted"
+        return after
+
+    # A stream is counted once the gateway has relayed its end.
+    after = eventually(
+        all_counted, 15, "the 7 requests counted", interval_s=0.2, retry_on=(AssertionError,)
+    )
+    assert grown(after, "first_requests_total", **labels, status="200") == 7
     model_site = {"model": VLLM_MODEL, "site": "local"}
-    assert grown("first_tokens_total", **model_site, kind="prompt") == prompt
-    assert grown("first_tokens_total", **model_site, kind="completion") == completion
-    assert grown("first_request_duration_seconds_count", model=VLLM_MODEL, route=CHAT) == 7
-    assert grown("first_time_to_first_token_seconds_count", **model_site) == 3
+    assert grown(after, "first_tokens_total", **model_site, kind="prompt") == prompt
+    assert grown(after, "first_tokens_total", **model_site, kind="completion") == completion
+    assert grown(after, "first_request_duration_seconds_count", model=VLLM_MODEL, route=CHAT) == 7
+    assert grown(after, "first_time_to_first_token_seconds_count", **model_site) == 3
 
 
 def test_many_users_and_request_ids_add_no_series(stack):
@@ -190,17 +196,24 @@ def test_every_dashboard_panel_and_alert_rule_evaluates(stack, prometheus):
     _traffic_of_every_kind(stack)
     titles = {title for _, title, target in _dashboard_queries() if "expr" in target}
     assert titles >= PANELS_WITH_DATA, PANELS_WITH_DATA - titles
-    deadline = time.monotonic() + 90
-    while True:  # until Prometheus has scraped what the traffic left behind
+
+    def every_panel_has_data() -> bool:
         with_data = {
             title
             for _, title, target in _dashboard_queries()
             if "expr" in target and query_range(prometheus, _filled(target["expr"]))
         }
-        if with_data >= PANELS_WITH_DATA or time.monotonic() > deadline:
-            break
-        time.sleep(2)
-    assert with_data >= PANELS_WITH_DATA, f"no data: {sorted(PANELS_WITH_DATA - with_data)}"
+        assert with_data >= PANELS_WITH_DATA, f"no data: {sorted(PANELS_WITH_DATA - with_data)}"
+        return True
+
+    # Until Prometheus has scraped what the traffic left behind.
+    eventually(
+        every_panel_has_data,
+        90,
+        "every panel to show data",
+        interval_s=2,
+        retry_on=(AssertionError,),
+    )
 
     rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=30).json()["data"]["groups"]
     evaluated = [rule for group in rules for rule in group["rules"]]
@@ -219,25 +232,25 @@ def test_every_dashboard_panel_and_alert_rule_evaluates(stack, prometheus):
 
 
 def test_prometheus_finds_the_gateway_and_the_ray_nodes(stack, prometheus):
-    deadline = time.monotonic() + 60
-    while True:
+    def both_up() -> bool:
         targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=30).json()["data"]
         healthy = {t["labels"]["job"] for t in targets["activeTargets"] if t["health"] == "up"}
-        if {"first-gateway", "ray"} <= healthy or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert {"first-gateway", "ray"} <= healthy, targets["activeTargets"]
+        assert {"first-gateway", "ray"} <= healthy, targets["activeTargets"]
+        return True
+
+    what = "the gateway and the Ray nodes up in Prometheus"
+    eventually(both_up, 60, what, interval_s=1, retry_on=(AssertionError,))
 
 
 def test_the_gateway_lists_each_sites_ray_nodes_for_prometheus(federation):
-    deadline = time.monotonic() + 60
-    while True:  # until the gateway has a status report from both sites
+    def both_sites() -> dict[str, list]:
         groups = httpx.get(f"{federation.gateway_url}/metrics/targets", timeout=30).json()
         by_site = {group["labels"]["site"]: group["targets"] for group in groups}
-        if {"east", "west"} <= by_site.keys() or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert {"east", "west"} <= by_site.keys()
+        assert {"east", "west"} <= by_site.keys(), by_site
+        return by_site
+
+    what = "a status report from both sites"
+    by_site = eventually(both_sites, 60, what, interval_s=0.5, retry_on=(AssertionError,))
     assert all(by_site[site] for site in ("east", "west"))
     # A site stopped by an earlier test keeps its last targets (Prometheus then sees
     # them down); the ones that are up serve Ray's metrics there.

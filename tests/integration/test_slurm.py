@@ -24,11 +24,13 @@ import httpx
 import openai
 import pytest
 import yaml
+from openai.types import Batch
 
 from deployments.config_loading import load_config
 from deployments.site_config import SiteConfig
 from deployments.slurm import SiteJobs
-from tests.support.processes import FIRST, FirstProcess, free_port
+from tests.support.processes import FIRST, FirstProcess, start_standalone_gateway
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -60,11 +62,13 @@ class SlurmGateway:
         return card["sites"][0]
 
     def wait_for_state(self, model: str, states: set[str], timeout_s: float) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while (placement := self.model_state(model))["state"] not in states:
-            assert time.monotonic() < deadline, f"{model} still {placement} after {timeout_s} s"
-            time.sleep(1.0)
-        return placement
+        def reached() -> dict:
+            placement = self.model_state(model)
+            assert placement["state"] in states, f"{model} still {placement}"
+            return placement
+
+        what = f"{model} to be {' or '.join(sorted(states))}"
+        return eventually(reached, timeout_s, what, interval_s=1.0, retry_on=(AssertionError,))
 
     def slurm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -126,7 +130,6 @@ def start_slurm_gateway(workdir: Path, site: dict, **sections) -> tuple[FirstPro
     site_path = workdir / "site.yaml"
     site_path.write_text(yaml.safe_dump(site))
     federation = {
-        "gateway": {"port": free_port()},
         "auth": {"required": False},
         "limits": None,
         "store": {"path": str(workdir / "first.db")},
@@ -140,11 +143,8 @@ def start_slurm_gateway(workdir: Path, site: dict, **sections) -> tuple[FirstPro
         ],
     }
     federation_path = workdir / "federation.yaml"
-    federation_path.write_text(yaml.safe_dump(federation))
-    process = FirstProcess.start(
-        ["gateway", "up", "--standalone", "--config", str(federation_path)], workdir, "gateway"
-    )
-    return process, SlurmGateway(process.wait_ready(60), site_path, federation_path, workdir)
+    process, url = start_standalone_gateway(federation, federation_path, "gateway")
+    return process, SlurmGateway(url, site_path, federation_path, workdir)
 
 
 @pytest.fixture(scope="module")
@@ -252,11 +252,14 @@ def test_a_batch_for_a_stopped_model_starts_it_through_slurm_and_runs_in_its_job
     batch = client.batches.create(
         input_file_id=source.id, endpoint="/v1/completions", completion_window="24h"
     )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while batch.status not in ("completed", "failed", "cancelled", "expired"):
-        assert time.monotonic() < deadline, batch
-        time.sleep(1.0)
-        batch = client.batches.retrieve(batch.id)
+
+    def ended() -> Batch:
+        current = client.batches.retrieve(batch.id)
+        assert current.status in ("completed", "failed", "cancelled", "expired"), current
+        return current
+
+    what = f"batch {batch.id} to end"
+    batch = eventually(ended, START_TIMEOUT_S, what, interval_s=1.0, retry_on=(AssertionError,))
 
     assert batch.status == "completed", batch
     assert (batch.request_counts.completed, batch.request_counts.failed) == (20, 0)
@@ -354,15 +357,21 @@ def test_the_keeper_hands_a_hot_model_over_before_its_wall_time_without_a_failed
         slurm_gateway.wait_for_state(HOT, {"running"}, START_TIMEOUT_S)
         first = submitted_jobs(HOT)[0]
         sender.start()
+
         # Before the first job's wall time ends, a second one takes over and the
         # first is released.
-        deadline = time.monotonic() + HOT_WALL_MIN * 60 + 60
-        while True:
+        def handed_over() -> dict[str, str]:
             jobs = _job_states(slurm_gateway, HOT)
-            if jobs.get(first) in ("cancelled", "ended") and "running" in jobs.values():
-                break
-            assert time.monotonic() < deadline, jobs
-            time.sleep(2)
+            assert jobs.get(first) in ("cancelled", "ended") and "running" in jobs.values(), jobs
+            return jobs
+
+        eventually(
+            handed_over,
+            HOT_WALL_MIN * 60 + 60,
+            f"job {first} released and a replacement running",
+            interval_s=2,
+            retry_on=(AssertionError,),
+        )
         time.sleep(5)  # requests keep going to the replacement
     finally:
         stop.set()

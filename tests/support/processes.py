@@ -3,7 +3,8 @@
 `first site up` and `first gateway up` print `READY <url>` on stdout once
 they answer. The test suite and the benchmarks start them through this: in
 their own session (so everything they leave behind can be stopped by their
-process group), output to files, readiness read from the READY line.
+process group), output to files, readiness read from the READY line; a
+standalone gateway of a config through `start_standalone_gateway`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
+
+from tests.support.waiting import eventually
 
 FIRST = str(Path(sys.executable).parent / "first")
 
@@ -55,18 +60,24 @@ class FirstProcess:
         return cls(args, process, out_path, log_path)
 
     def wait_ready(self, timeout_s: float) -> str:
-        """The URL from the READY line; RuntimeError with the log tail if it exits first."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        """The URL from the READY line; RuntimeError with the log tail if it exits first,
+        TimeoutError if it does neither within `timeout_s`."""
+        command = f"`first {' '.join(self.args)}`"
+
+        def ready() -> str | None:
             for line in self.out_path.read_text(errors="replace").splitlines():
                 if line.startswith("READY "):
-                    self.url = line.split(" ", 1)[1].strip()
-                    return self.url
+                    return line.split(" ", 1)[1].strip()
             if self.process.poll() is not None:
                 tail = self.log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"`first {' '.join(self.args)}` exited:\n{tail}")
-            time.sleep(0.25)
-        raise TimeoutError(f"`first {' '.join(self.args)}` not ready; see {self.log_path}")
+                raise RuntimeError(f"{command} exited:\n{tail}")
+            return None
+
+        try:
+            self.url = eventually(ready, timeout_s, f"{command} to be ready", interval_s=0.25)
+        except AssertionError:
+            raise TimeoutError(f"{command} not ready; see {self.log_path}") from None
+        return self.url
 
     @property
     def running(self) -> bool:
@@ -82,3 +93,42 @@ class FirstProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
+
+
+def start_standalone_gateway(  # noqa: PLR0913 -- keyword options of one command line
+    config: dict,
+    path: Path,
+    name: str = "gateway",
+    *,
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    timeout_s: float = 60,
+    attempts: int = 3,
+) -> tuple[FirstProcess, str]:
+    """`first gateway up --standalone --config PATH ARGS` of `config`, ready: it and its URL.
+
+    `config` is written to `path` with `gateway.port` set to a port free now
+    (the rest of it as given); the output goes beside it (NAME.out, NAME.log);
+    `env` is added to this process's environment. If the gateway could not
+    listen because something took the port meanwhile (Ray processes bind
+    ephemeral ports while they start), the config is written again with
+    another port, up to `attempts` starts in all. On any other failure the
+    process is stopped and `wait_ready`'s error raised.
+    """
+    for attempt in range(1, attempts + 1):
+        written = {**config, "gateway": {**config.get("gateway", {}), "port": free_port()}}
+        path.write_text(yaml.safe_dump(written))
+        gateway = FirstProcess.start(
+            ["gateway", "up", "--standalone", "--config", str(path), *args],
+            path.parent,
+            name,
+            env,
+        )
+        try:
+            return gateway, gateway.wait_ready(timeout_s)
+        except Exception as exc:
+            gateway.stop()
+            port_taken = isinstance(exc, RuntimeError) and "could not listen" in str(exc)
+            if not port_taken or attempt == attempts:
+                raise
+    raise ValueError("attempts must be at least 1")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 
 from serve_app.config import LedgerConfig
 from serve_app.store import SqliteStore, UsageRecord
 from serve_app.usage.ledger import UsageLedger
+from tests.support.waiting import eventually
 
 
 def usage(n: int, user: str = "ann") -> UsageRecord:
@@ -22,15 +22,6 @@ def usage(n: int, user: str = "ann") -> UsageRecord:
         status=200,
         latency_s=0.01,
     )
-
-
-def wait_for(condition, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def test_close_writes_everything_recorded(tmp_path):
@@ -48,7 +39,7 @@ def test_a_full_batch_is_written_before_the_interval(tmp_path):
     ledger = UsageLedger(store, LedgerConfig(flush_interval_s=3600, batch_size=50))
     for n in range(50):
         ledger.record(usage(n))
-    assert wait_for(lambda: len(store.usage("ann")) == 50)
+    eventually(lambda: len(store.usage("ann")) == 50, 5.0, "50 records written", interval_s=0.02)
     ledger.close()
 
 
@@ -56,9 +47,13 @@ def test_records_are_written_every_interval(tmp_path):
     store = SqliteStore(tmp_path / "first.db")
     ledger = UsageLedger(store, LedgerConfig(flush_interval_s=0.1, batch_size=10_000))
     ledger.record(usage(1))
-    assert wait_for(lambda: len(store.usage("ann")) == 1)
+    eventually(
+        lambda: len(store.usage("ann")) == 1, 5.0, "the first record written", interval_s=0.02
+    )
     ledger.record(usage(2))
-    assert wait_for(lambda: len(store.usage("ann")) == 2)
+    eventually(
+        lambda: len(store.usage("ann")) == 2, 5.0, "the second record written", interval_s=0.02
+    )
     ledger.close()
     assert len(store.usage("ann")) == 2
 
@@ -71,7 +66,12 @@ def test_a_failed_write_is_retried_not_dropped(tmp_path, caplog):
     ledger = UsageLedger(store, LedgerConfig(flush_interval_s=0.1, batch_size=10_000))
     for n in range(5):
         ledger.record(usage(n))
-    assert wait_for(lambda: "writing 5 usage records failed" in caplog.text)
+    eventually(
+        lambda: "writing 5 usage records failed" in caplog.text,
+        5.0,
+        "the failed write logged",
+        interval_s=0.02,
+    )
     SqliteStore(path)  # opening the store creates its tables again
     ledger.record(usage(5))
     ledger.close()
