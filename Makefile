@@ -21,7 +21,7 @@ LITELLM_VENV := .first/litellm-venv
 LITELLM_VERSION := 1.108.7
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
 
-.PHONY: install dev-slurm prometheus run run-slurm monitor test test-fast lint format wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics clean
+.PHONY: install dev-slurm prometheus run run-slurm monitor test test-fast lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics clean
 
 install: $(STAMP)
 
@@ -76,6 +76,12 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The generated docs: the configuration reference from the config models, and the
+# benchmark tables of README.md and docs/benchmarks.md from bench/README.md.
+# tests/unit/test_docs.py fails when they are stale (`docs/generate.py --check`).
+docs: install
+	$(BIN)/python docs/generate.py
 
 # The benchmark harness (bench/suite.py): JSON and PNG under bench/results/, the
 # summary table in bench/README.md. `bench` is the quick set (under 10 minutes);

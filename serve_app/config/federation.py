@@ -172,7 +172,9 @@ class FederationConfig(StrictConfig):
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    sites: list[FederatedSiteConfig] = Field(min_length=1)
+    sites: list[FederatedSiteConfig] = Field(
+        min_length=1, description="The sites behind the gateway; names must be unique."
+    )
 
     @field_validator("sites")
     @classmethod

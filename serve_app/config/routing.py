@@ -52,6 +52,8 @@ class PrefixAffinityConfig(StrictConfig):
 
 
 class PlacementConfig(StrictConfig):
+    """Which site a request goes to, and how many are tried when one fails before answering."""
+
     policy: PlacementPolicy = Field(
         "least-loaded",
         description="least-loaded, round-robin, random, or prefix-aware (least-loaded plus "

@@ -14,7 +14,9 @@ class StoreConfig(StrictConfig):
     """Where API keys, the usage ledger, files and batches live: one SQLite file shared by
     the replicas, and a folder for file contents."""
 
-    kind: Literal["sqlite"] = "sqlite"
+    kind: Literal["sqlite"] = Field(
+        "sqlite", description="The database: SQLite, the only kind so far."
+    )
     path: AbsolutePath = Field(
         Path(".first/first.db"),
         validate_default=True,
@@ -69,7 +71,7 @@ class BatchConfig(StrictConfig):
 class LedgerConfig(StrictConfig):
     """One usage record per request, written off the request path in batches."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="false: no usage records are written.")
     flush_interval_s: float = Field(1.0, gt=0, description="Longest a record waits unwritten.")
     batch_size: int = Field(500, ge=1, description="Records written in one transaction.")
     store_content: bool = Field(

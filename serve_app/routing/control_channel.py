@@ -1,7 +1,8 @@
 """The control channel: how the gateway runs site functions at a site.
 
 Site functions (`deployments.site_functions`) are plain functions, plain data
-in and out. A channel runs them through a `concurrent.futures.Executor`:
+in and out. A channel (the `deployments.site_client.ControlChannel` protocol)
+runs them through a `concurrent.futures.Executor`:
 
 - `LocalChannel`: a thread pool in the gateway's own process, for sites the
   gateway reaches directly (one machine, tests);
