@@ -243,9 +243,12 @@ def stack(tiny_model_dir, tmp_path_factory, globus_auth) -> Iterator[RunningStac
         dashboard_port=free_port(), metrics_export_port=free_port(), temp_dir=str(ray_temp)
     )
     federation["sites"][0]["site"] = local_site_for_tests(tiny_model_dir)
-    # Every replica polls the site, and each status call costs CPU on the 2 cores;
-    # the local site never goes down in these tests, so a slow poll loses nothing.
-    federation["sites"][0]["channel"]["poll_interval_s"] = 2.0
+    # Every replica polls the site, and each status call makes the site's Ray metrics
+    # agent render its whole metrics text (1-2 MB once the suite has run a while, 0.3-0.5 s
+    # of CPU): at 2 s for two replicas and 1 s for the standalone gateway it kept most of
+    # a core busy and starved the limits test. The local site never goes down in these
+    # tests, so a slow poll loses nothing.
+    federation["sites"][0]["channel"]["poll_interval_s"] = 3.0
     federation_path = workdir / "federation.yaml"
     federation_path.write_text(yaml.safe_dump(federation))
     # The colocated site as the gateway runs it, for `first site status` and direct calls.
@@ -287,7 +290,8 @@ def start_standalone(
                 "name": "local",
                 "site": site,
                 "base_url": stack.site.base_url,
-                "channel": {"kind": "local", "poll_interval_s": 1.0},
+                # As slow as the stack's replicas' polls, for the same reason (`stack`).
+                "channel": {"kind": "local", "poll_interval_s": 3.0},
             }
         ],
         **sections,
