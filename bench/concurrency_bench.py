@@ -1,13 +1,16 @@
-"""The concurrency curve of arXiv 2508.17814, through the gateway and straight to the site.
+"""The concurrency curve of arXiv 2508.17814: plain vLLM, the site, and the gateway in front.
 
-`first gateway up` on the embedded default (the local site colocated, the
-tiny model on vLLM's CPU build, held at one replica), then `vllm bench serve`
-at 1, 2, 4 ... 128 concurrent requests (`--max-concurrency`, no rate limit),
-each level through the gateway on Serve, through the same gateway standalone
-(uvicorn) and directly at the site in turn (`--quick`: 1, 4, 16, 64, 128 and
-fewer requests per level): latency p50
-and p99, time to first token, requests and tokens per second. The ratio of
-each path's best throughput to the site's best is the whole stack's cost
+First the yardstick: the tiny model under plain `vllm serve`, with the engine
+arguments and environment of the embedded default's `tiny-llama`, measured
+and stopped before any Ray process starts. Then `first gateway up` on the
+embedded default (the local site colocated, the same model, held at one
+replica). Each path gets `vllm bench serve` at 1, 2, 4 ... 128 concurrent
+requests (`--max-concurrency`, no rate limit; `--quick`: 1, 4, 16, 64, 128
+and fewer requests per level): through the gateway on Serve, through the
+same gateway standalone (uvicorn) and directly at the site in turn. Kept:
+latency p50 and p99, time to first token and inter-token latency, requests
+and tokens per second, and where the CPU went by role. Each path's best
+throughput over plain vLLM's (and over the site's) is what our layers cost
 when the engine is the bottleneck.
 
 `python -m bench.concurrency_bench [--quick]`; part of `make bench`.
@@ -16,15 +19,25 @@ when the engine is the bottleneck.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
+import psutil
 import yaml
 
-from bench.gateway_bench import FIRST_KEY, log, start_serve_stack
+from bench.gateway_bench import (
+    FIRST_KEY,
+    Background,
+    Target,
+    log,
+    start_serve_stack,
+    wait_until_answering,
+)
 from bench.harness import (
     REPO,
     TINY_MODEL,
@@ -40,11 +53,73 @@ MODEL = "tiny-llama"
 INPUT_TOKENS, OUTPUT_TOKENS = 64, 32
 
 
+def shipped_model() -> dict:
+    """`tiny-llama` as the embedded default ships it (cluster_configs/local.yaml)."""
+    site = yaml.safe_load((REPO / "cluster_configs" / "local.yaml").read_text())
+    return next(m for m in site["models"] if m["id"] == MODEL)
+
+
+def engine_flags(engine_kwargs: dict) -> list[str]:
+    """A model's engine_kwargs as `vllm serve` flags: the engine the site builds, unchanged."""
+    flags = []
+    for key, value in engine_kwargs.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def engine_threads() -> list[dict]:
+    """How the running vLLM engines lay out their threads: the model worker (where the
+    compute is) and the engine core, with the OpenMP settings they run under. Ray sets
+    OMP_NUM_THREADS from a replica's CPU reservation; this shows whether that changes
+    the layout vLLM chooses under plain `vllm serve`."""
+    layout = []
+    for process in psutil.process_iter(["name"]):
+        if not (process.info["name"] or "").startswith(("VLLM::Worker", "VLLM::EngineCor")):
+            continue
+        with contextlib.suppress(psutil.Error):
+            environment = process.environ()
+            layout.append(
+                {
+                    "process": process.info["name"],
+                    "cpus": process.cpu_affinity(),
+                    "threads": process.num_threads(),
+                    **{
+                        name: environment.get(name)
+                        for name in ("OMP_NUM_THREADS", "GOMP_CPU_AFFINITY")
+                    },
+                }
+            )
+    return sorted(layout, key=lambda entry: entry["process"])
+
+
+def start_plain_vllm(workdir: Path) -> tuple[Background, str]:
+    """`vllm serve` of the shipped model with its engine arguments and environment."""
+    model, port = shipped_model(), free_port()
+    command = [
+        sys.executable, "-m", "bench.vllm_cli", "serve", str(TINY_MODEL),
+        "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port),
+        *engine_flags(model["engine_kwargs"]),
+    ]  # fmt: skip
+    log(f"starting plain vLLM: {' '.join(command[2:])}")
+    vllm = Background.start("vllm", command, workdir, env={**os.environ, **model.get("env", {})})
+    url = f"http://127.0.0.1:{port}"
+    ping = {"model": MODEL, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+    try:
+        wait_until_answering(Target(f"{url}/v1/chat/completions", ping), 300, "plain vLLM")
+    except BaseException:
+        vllm.stop()
+        raise
+    return vllm, url
+
+
 def stack_config(workdir: Path, ray_temp: str) -> Path:
     config = yaml.safe_load((REPO / "cluster_configs" / "local-federation.yaml").read_text())
     site = yaml.safe_load((REPO / "cluster_configs" / "local.yaml").read_text())
-    site["models"] = [m for m in site["models"] if m["id"] == MODEL]
-    site["models"][0]["source"] = str(TINY_MODEL)
+    site["models"] = [shipped_model() | {"source": str(TINY_MODEL)}]
     # One engine, so that both paths meet the same one (a second replica would
     # share the same 2 cores and measure the machine, not the path).
     site["models"][0]["autoscaling"] = {"preset": "hot", "max_replicas": 1}
@@ -69,18 +144,49 @@ def closed_loop(concurrency: int, prompts: int) -> list[str]:
     ]  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench/results/concurrency.json")
-    parser.add_argument("--quick", action="store_true", help="Fewer requests per level.")
-    args = parser.parse_args()
-    levels = [1, 4, 16, 64, 128] if args.quick else [1, 2, 4, 8, 16, 32, 64, 128]
-    per_level = 2 if args.quick else 8  # requests per concurrent slot
-    workdir = Path(tempfile.mkdtemp(prefix="first-bench-concurrency-"))
-    ray_temp = tempfile.mkdtemp(prefix="first-bench-", dir="/tmp")
-    path = stack_config(workdir, ray_temp)
-    os.environ["OPENAI_API_KEY"] = FIRST_KEY  # vllm bench serve sends it as the bearer token
+def measure_levels(
+    paths: dict[str, str], levels: list[int], per_level: int, workdir: Path
+) -> list[dict]:
+    """Warm each path up, then every level on every path in turn (so drift hits all alike)."""
+    for url in paths.values():
+        vllm_bench_serve(url, MODEL, TINY_MODEL, workdir / "warm.json", *closed_loop(8, 32))
     runs = []
+    for concurrency in levels:
+        prompts = max(concurrency * per_level, 16)
+        for target, url in paths.items():
+            out = workdir / f"{target}-{concurrency}.json"
+            with cpu_use() as cpu:
+                raw = vllm_bench_serve(
+                    url, MODEL, TINY_MODEL, out, *closed_loop(concurrency, prompts)
+                )
+            run = {"path": target, "concurrency": concurrency, **latency_summary(raw)}
+            run["cpu_s"] = cpu
+            runs.append(run)
+            log(
+                f"c={concurrency:<4} {target:<10} p50 {run['p50_e2el_ms']:7.1f} ms "
+                f"p99 {run['p99_e2el_ms']:7.1f} ms TTFT p50 {run['p50_ttft_ms']:6.1f} ms "
+                f"ITL p50 {run['p50_itl_ms']:5.1f} ms "
+                f"{run['requests_per_s']:6.1f} req/s {run['output_tokens_per_s']:7.1f} tok/s"
+            )
+    return runs
+
+
+def measure_plain_vllm(
+    levels: list[int], per_level: int, workdir: Path, threads: dict
+) -> list[dict]:
+    """The yardstick, stopped again before any Ray process starts."""
+    vllm, url = start_plain_vllm(workdir)
+    try:
+        threads["vllm"] = engine_threads()
+        return measure_levels({"vllm": url}, levels, per_level, workdir)
+    finally:
+        vllm.stop()
+
+
+def measure_stack(
+    path: Path, levels: list[int], per_level: int, workdir: Path, threads: dict
+) -> list[dict]:
+    """The gateway on Serve, the same gateway standalone, and the site, in one stack."""
     processes: list[FirstProcess] = []
     try:
         log(f"starting the stack (first gateway up), workdir {workdir}")
@@ -95,64 +201,112 @@ def main() -> None:
             timeout_s=120,
         )
         processes.append(standalone)
+        threads["site"] = engine_threads()
         site_url = load_federation(path).sites[0].url
         paths = {"gateway": gateway_url, "standalone": standalone_url, "site": site_url}
-        for url in paths.values():  # warm both paths up
-            vllm_bench_serve(url, MODEL, TINY_MODEL, workdir / "warm.json", *closed_loop(8, 32))
-        for concurrency in levels:
-            prompts = max(concurrency * per_level, 16)
-            for target, url in paths.items():
-                out = workdir / f"{target}-{concurrency}.json"
-                with cpu_use() as cpu:
-                    raw = vllm_bench_serve(
-                        url, MODEL, TINY_MODEL, out, *closed_loop(concurrency, prompts)
-                    )
-                run = {"path": target, "concurrency": concurrency, **latency_summary(raw)}
-                run["cpu_s"] = cpu
-                runs.append(run)
-                log(
-                    f"c={concurrency:<4} {target:<10} p50 {run['p50_e2el_ms']:7.1f} ms "
-                    f"p99 {run['p99_e2el_ms']:7.1f} ms TTFT p50 {run['p50_ttft_ms']:6.1f} ms "
-                    f"{run['requests_per_s']:6.1f} req/s {run['output_tokens_per_s']:7.1f} tok/s"
-                )
+        return measure_levels(paths, levels, per_level, workdir)
     finally:
         for process in reversed(processes):
             process.stop()
+
+
+def cpu_per_1k_tokens(run: dict) -> dict:
+    tokens = run["completed"] * OUTPUT_TOKENS / 1000
+    spent = {k: v for k, v in run["cpu_s"].items() if k not in ("wall_s", "cores", "idle")}
+    return {role: round(seconds / tokens, 3) for role, seconds in spent.items() if seconds}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Each path at its own best concurrency (single levels are too noisy here) over plain
+    vLLM's best and the site's best; latency at concurrency 1; CPU by role at vLLM's best."""
+    by_path: dict[str, list[dict]] = {}
+    for run in runs:
+        by_path.setdefault(run["path"], []).append(run)
+    best = {
+        path: max(path_runs, key=lambda r: r["output_tokens_per_s"])
+        for path, path_runs in by_path.items()
+    }
+
+    def over(path: str, yardstick: str) -> float:
+        return round(best[path]["output_tokens_per_s"] / best[yardstick]["output_tokens_per_s"], 3)
+
+    vllm_level = best["vllm"]["concurrency"]
+    at_one = {r["path"]: r for r in runs if r["concurrency"] == 1}
+    at_level = {r["path"]: r for r in runs if r["concurrency"] == vllm_level}
+    return {
+        "best": {
+            path: {k: run[k] for k in ("concurrency", "requests_per_s", "output_tokens_per_s")}
+            for path, run in best.items()
+        },
+        "best_vllm_concurrency": vllm_level,
+        "throughput_over_vllm_at_best": {path: over(path, "vllm") for path in best},
+        # The target's reading: each path at the level where plain vLLM peaks.
+        "throughput_over_vllm_at_its_best_level": {
+            path: round(
+                at_level[path]["output_tokens_per_s"] / best["vllm"]["output_tokens_per_s"], 3
+            )
+            for path in at_level
+        },
+        "throughput_over_site_at_best": {
+            path: over(path, "site") for path in best if path != "vllm"
+        },
+        "p50_itl_ms_at_1": {path: run["p50_itl_ms"] for path, run in at_one.items()},
+        "p50_itl_gateway_over_vllm_at_1": round(
+            at_one["gateway"]["p50_itl_ms"] / at_one["vllm"]["p50_itl_ms"], 3
+        ),
+        # Where the CPU went at plain vLLM's best level, per 1,000 output tokens:
+        # the engine's share is what a path leaves it on this machine's shared cores.
+        "cpu_s_per_1k_tokens_at_best_vllm_level": {
+            run["path"]: cpu_per_1k_tokens(run) for run in runs if run["concurrency"] == vllm_level
+        },
+    }
+
+
+TARGETS = {
+    "site_over_vllm": 0.8,
+    "gateway_over_site": 0.9,
+    "standalone_over_site": 0.95,
+    "p50_itl_gateway_over_vllm_at_1": 1.1,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/results/concurrency.json")
+    parser.add_argument("--quick", action="store_true", help="Fewer requests per level.")
+    args = parser.parse_args()
+    levels = [1, 4, 16, 64, 128] if args.quick else [1, 2, 4, 8, 16, 32, 64, 128]
+    per_level = 2 if args.quick else 8  # requests per concurrent slot
+    workdir = Path(tempfile.mkdtemp(prefix="first-bench-concurrency-"))
+    ray_temp = tempfile.mkdtemp(prefix="first-bench-", dir="/tmp")
+    path = stack_config(workdir, ray_temp)
+    os.environ["OPENAI_API_KEY"] = FIRST_KEY  # vllm bench serve sends it as the bearer token
+    threads: dict[str, list[dict]] = {}
+    try:
+        runs = measure_plain_vllm(levels, per_level, workdir, threads)
+        runs += measure_stack(path, levels, per_level, workdir, threads)
+    finally:
         shutil.rmtree(ray_temp, ignore_errors=True)
-
-    through = [r for r in runs if r["path"] == "gateway"]
-    standalone_runs = [r for r in runs if r["path"] == "standalone"]
-    direct = {r["concurrency"]: r for r in runs if r["path"] == "site"}
-    best = max(direct.values(), key=lambda r: r["output_tokens_per_s"])
-
-    def at_best(path_runs: list[dict]) -> float:
-        """Each path at its own best concurrency: single levels are too noisy here."""
-        peak = max(r["output_tokens_per_s"] for r in path_runs)
-        return round(peak / best["output_tokens_per_s"], 3)
-
-    def cpu_per_1k_tokens(run: dict) -> dict:
-        tokens = run["completed"] * OUTPUT_TOKENS / 1000
-        spent = {k: v for k, v in run["cpu_s"].items() if k not in ("wall_s", "cores")}
-        return {role: round(seconds / tokens, 3) for role, seconds in spent.items()}
-
-    at_level = best["concurrency"]
+    summary = summarise(runs)
+    ratios = summary["throughput_over_site_at_best"]
     result = {
-        "what": "tiny-llama (vLLM CPU) through the gateway on Serve, 1 to 128 concurrent",
+        "what": "tiny-llama (vLLM CPU): plain vllm serve, the site, the gateway on Serve and "
+        "standalone, 1 to 128 concurrent",
         "load_tool": "vllm bench serve (random dataset, closed loop at --max-concurrency)",
         "request": {"input_tokens": INPUT_TOKENS, "output_tokens": OUTPUT_TOKENS},
-        "runs": through,
-        "standalone_runs": standalone_runs,
-        "site_runs": list(direct.values()),
-        "best_site_concurrency": best["concurrency"],
-        "target": "through the whole stack at least 0.95x the site's own throughput at the "
-        "engine's best concurrency",
-        "throughput_gateway_over_site_at_best": at_best(through),
-        "throughput_standalone_over_site_at_best": at_best(standalone_runs),
-        # Where the CPU went at the site's best level, per 1,000 output tokens: the
-        # engine's share is what a path leaves it on this machine's shared cores.
-        "cpu_s_per_1k_tokens_at_best_site_level": {
-            run["path"]: cpu_per_1k_tokens(run) for run in runs if run["concurrency"] == at_level
+        "engine": shipped_model()["engine_kwargs"],
+        "engine_threads": threads,
+        "targets": TARGETS,
+        "met": {
+            "site_over_vllm": summary["throughput_over_vllm_at_its_best_level"]["site"]
+            >= TARGETS["site_over_vllm"],
+            "gateway_over_site": ratios["gateway"] >= TARGETS["gateway_over_site"],
+            "standalone_over_site": ratios["standalone"] >= TARGETS["standalone_over_site"],
+            "p50_itl_gateway_over_vllm_at_1": summary["p50_itl_gateway_over_vllm_at_1"]
+            <= TARGETS["p50_itl_gateway_over_vllm_at_1"],
         },
+        **summary,
+        "runs": runs,
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     log(f"wrote {args.out}")

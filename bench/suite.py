@@ -143,12 +143,15 @@ def _gateway(r: dict) -> tuple[str, bool]:
 
 
 def _concurrency(r: dict) -> tuple[str, bool]:
-    ratio = r["throughput_gateway_over_site_at_best"]
-    standalone = r.get("throughput_standalone_over_site_at_best")
-    text = f"gateway on Serve {ratio:.2f}x the site's tokens/s at {r['best_site_concurrency']}"
-    if standalone is not None:
-        text += f"; standalone gateway {standalone:.2f}x"
-    return text, ratio >= 0.95
+    over_vllm = r["throughput_over_vllm_at_its_best_level"]
+    over_site = r["throughput_over_site_at_best"]
+    text = (
+        f"site {over_vllm['site']:.2f}x plain vLLM's best tokens/s (at its level, "
+        f"{r['best_vllm_concurrency']}); gateway on Serve "
+        f"{over_site['gateway']:.2f}x the site, standalone {over_site['standalone']:.2f}x; "
+        f"ITL p50 at 1 {r['p50_itl_gateway_over_vllm_at_1']:.2f}x vLLM's"
+    )
+    return text, all(r["met"].values())
 
 
 def _cold_start(r: dict) -> tuple[str, bool]:
@@ -175,7 +178,11 @@ CHECKS: dict[str, tuple[str, Callable[[dict], tuple[str, bool]]]] = {
     ),
     "routing": ("least-loaded p99 TTFT ≥ 2x lower than round-robin at 80%", _routing),
     "prefix": ("prefix-aware mean TTFT ≥ 30% lower than least-loaded", _prefix),
-    "concurrency": ("whole stack ≥ 0.95x the site's throughput", _concurrency),
+    "concurrency": (
+        "site ≥ 0.8x plain vLLM; stack on Serve ≥ 0.9x the site, standalone ≥ 0.95x; "
+        "ITL p50 at 1 within 10% of vLLM's",
+        _concurrency,
+    ),
     "cold_start": ("cold start under 60 s, hot within 10% of steady", _cold_start),
     "batch": ("batch at least as fast as interactive", _batch),
     "metrics": ("metrics cost within 3%", _metrics),

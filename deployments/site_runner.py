@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ import httpx
 import psutil
 
 from deployments.errors import FirstError
-from deployments.site_config import ModelConfig, RayClusterConfig, SiteConfig
+from deployments.site_config import HAProxyConfig, ModelConfig, RayClusterConfig, SiteConfig
 
 Progress = Callable[[str], None]
 
@@ -27,7 +28,8 @@ class SiteStartError(FirstError):
 
 
 def _looks_like_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or Path(source).exists()
+    """A folder rather than a hub id (`name` or `namespace/name`)."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or Path(source).exists()
 
 
 def check_sources(site: SiteConfig) -> None:
@@ -43,6 +45,39 @@ def check_sources(site: SiteConfig) -> None:
                 )
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports free now on this node, all different (held open together while chosen)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def haproxy_environment(config: HAProxyConfig) -> dict[str, str]:
+    """The environment that gives a Ray cluster Serve's HAProxy ingress, or keeps the proxy.
+
+    Serve reads these when its controller and proxies start, so they must be
+    in the cluster's environment before Ray starts. HAProxy's Prometheus and
+    stats listeners default to fixed ports (9101, 8404) on every interface; a
+    machine that runs a site and a gateway, or several Slurm jobs, needs its
+    own for each cluster. HAProxy's files are already kept per Ray node.
+    """
+    if not config.enabled:
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    metrics_port, stats_port = free_ports(2)
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(config.metrics_port or metrics_port),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(config.stats_port or stats_port),
+    }
+
+
 def start_ray(cluster: RayClusterConfig) -> None:
     """Join the configured Ray cluster, or start a private one with the configured ports."""
     import ray
@@ -52,6 +87,8 @@ def start_ray(cluster: RayClusterConfig) -> None:
     if cluster.address:
         ray.init(address=cluster.address, logging_level="WARNING")
         return
+    # The cluster's processes (and so Serve's controller) inherit this one's environment.
+    os.environ.update(haproxy_environment(cluster.haproxy))
     ray.init(
         address="local",
         num_cpus=cluster.num_cpus,
@@ -72,12 +109,16 @@ def deploy(site: SiteConfig) -> None:
     from deployments.site_app import build_site_app
 
     serve.start(http_options={"host": site.serve.host, "port": site.serve.port})
-    serve.run(
-        build_site_app(site),
-        name=site.serve.app_name,
-        route_prefix=site.serve.route_prefix,
-        blocking=False,
-    )
+    try:
+        serve.run(
+            build_site_app(site),
+            name=site.serve.app_name,
+            route_prefix=site.serve.route_prefix,
+            blocking=False,
+        )
+    except RuntimeError as error:  # Serve's word for a replica that did not start
+        reason = str(error).strip().splitlines()[0]
+        raise SiteStartError(f"{reason} (the replica's log is in Ray's session folder)") from error
 
 
 def warm_models(site: SiteConfig) -> list[ModelConfig]:
@@ -149,8 +190,9 @@ def shut_down(cluster: RayClusterConfig, app_names: list[str]) -> None:
         return
     # The cluster is ours and about to go: no point draining Serve replicas one
     # by one (vLLM engines took over 90 s). Ray's dashboard and runtime-env
-    # agents can outlive ray.shutdown() as orphans, so remember every process
-    # this one started and reap what is left.
+    # agents, and Serve's HAProxy (a child of a Ray worker, in a process group
+    # of its own), can outlive ray.shutdown() as orphans, so remember every
+    # process this one started and reap what is left.
     started = psutil.Process().children(recursive=True)
     ray.shutdown()
     stop_processes(started, grace_s=10.0)

@@ -121,6 +121,7 @@ class SiteJobs:
             job=self.slurm.job_for(model.slurm),
             setup=self.slurm.setup,
             ray_cpus=self.slurm.ray_cpus_per_node,
+            haproxy=self.site.ray.haproxy.enabled,
             python=shlex.quote(python or self.slurm.python or sys.executable),
             workdir=shlex.quote(str(Path.cwd())),
             log_path=str(self.logs_dir / "%j.log"),

@@ -24,7 +24,8 @@ from typing import Any
 
 import click
 
-from deployments.site_config import SiteConfig
+from deployments.site_config import HAProxyConfig, SiteConfig
+from deployments.site_runner import free_ports, haproxy_environment
 
 # Ports handed to Ray by name (shell variables of the batch script).
 PORT_NAMES = (
@@ -52,20 +53,6 @@ def append_event(path: Path, event: str, **fields: Any) -> None:
         events.write(line)
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports free now on this node, all different (held open together while chosen)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def worker_port_range() -> tuple[int, int]:
     """A range of worker ports none of which is bound now."""
     low, high = WORKER_PORT_RANGE
@@ -91,11 +78,18 @@ def main() -> None:
 
 
 @main.command()
-def ports() -> None:
-    """Print free ports for the job's Ray cluster as shell assignments."""
+@click.option(
+    "--haproxy/--no-haproxy", default=True, help="Serve's ingress is HAProxy (exported settings)."
+)
+def ports(haproxy: bool) -> None:
+    """Print free ports for the job's Ray cluster, and Serve's ingress settings, for the shell."""
     assignments = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
     assignments["MIN_WORKER_PORT"], assignments["MAX_WORKER_PORT"] = worker_port_range()
-    click.echo("\n".join(f"{name}={port}" for name, port in assignments.items()))
+    lines = [f"{name}={port}" for name, port in assignments.items()]
+    # Exported before `ray start`, so that Serve's controller and proxies see them.
+    environment = haproxy_environment(HAProxyConfig(enabled=haproxy))
+    lines += [f"export {name}={value}" for name, value in environment.items()]
+    click.echo("\n".join(lines))
 
 
 def _wait_for_nodes(count: int, deadline: float) -> None:

@@ -117,3 +117,23 @@ def test_a_prefix_aware_model_gets_rays_prefix_cache_affinity_router():
     plain, affine = (llm_config_for(model).deployment_config for model in site.models)
     assert "request_router_config" not in plain
     assert affine["request_router_config"] == {"request_router_class": PREFIX_ROUTER}
+
+
+@pytest.mark.parametrize(
+    "source", [".first/models/missing", "models/tiny/missing", "./missing", "/no/such/model"]
+)
+def test_a_missing_model_folder_is_named_before_ray_starts(source):
+    from deployments.site_runner import SiteStartError, check_sources
+
+    site = SiteConfig.model_validate({"name": "s", "models": [{"id": "m", "source": source}]})
+    with pytest.raises(SiteStartError, match=r"models\[0\]\.source: no model at"):
+        check_sources(site)
+
+
+def test_a_hub_id_is_left_for_vllm_to_fetch():
+    from deployments.site_runner import check_sources
+
+    site = SiteConfig.model_validate(
+        {"name": "s", "models": [{"id": "m", "source": "meta-llama/Llama-3.1-8B-Instruct"}]}
+    )
+    check_sources(site)
