@@ -132,7 +132,7 @@ def vllm_bench_serve(url: str, model: str, tokenizer: Path, out: Path, *load: st
         sys.executable, "-m", "bench.vllm_cli", "bench", "serve",
         "--backend", "openai-chat", "--endpoint", "/v1/chat/completions",
         "--base-url", url, "--model", model, "--tokenizer", str(tokenizer),
-        "--seed", "0", "--percentile-metrics", "ttft,itl,e2el", "--metric-percentiles", "50,99",
+        "--seed", "0", "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
         "--save-result", "--result-dir", str(out.parent), "--result-filename", out.name,
         *load,
     ]  # fmt: skip
@@ -145,7 +145,8 @@ def vllm_bench_serve(url: str, model: str, tokenizer: Path, out: Path, *load: st
 def latency_summary(raw: dict) -> dict:
     """What the reports keep of a `vllm bench serve` result."""
     keys = (
-        "p50_ttft_ms", "p99_ttft_ms", "mean_ttft_ms", "p50_itl_ms", "p99_itl_ms",
+        "p50_ttft_ms", "p99_ttft_ms", "mean_ttft_ms", "p50_tpot_ms", "p99_tpot_ms",
+        "p50_itl_ms", "p99_itl_ms",
         "p50_e2el_ms", "p99_e2el_ms",
     )  # fmt: skip
     result = {key: round(raw[key], 1) for key in keys}

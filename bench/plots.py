@@ -73,7 +73,8 @@ def prefix(result: dict, out: Path) -> None:
 
 CONCURRENCY_PATHS = {
     "vllm": "plain vllm serve",
-    "site": "straight to the site",
+    "site": "straight to the site (the model's own route)",
+    "site_v1": "the site's multi-model /v1",
     "gateway": "through the gateway on Serve",
     "standalone": "through the standalone gateway",
 }

@@ -149,7 +149,7 @@ def _concurrency(r: dict) -> tuple[str, bool]:
         f"site {over_vllm['site']:.2f}x plain vLLM's best tokens/s (at its level, "
         f"{r['best_vllm_concurrency']}); gateway on Serve "
         f"{over_site['gateway']:.2f}x the site, standalone {over_site['standalone']:.2f}x; "
-        f"ITL p50 at 1 {r['p50_itl_gateway_over_vllm_at_1']:.2f}x vLLM's"
+        f"inter-token latency (TPOT p50) at 1 {r['p50_tpot_gateway_over_vllm_at_1']:.2f}x vLLM's"
     )
     return text, all(r["met"].values())
 
@@ -180,7 +180,7 @@ CHECKS: dict[str, tuple[str, Callable[[dict], tuple[str, bool]]]] = {
     "prefix": ("prefix-aware mean TTFT ≥ 30% lower than least-loaded", _prefix),
     "concurrency": (
         "site ≥ 0.8x plain vLLM; stack on Serve ≥ 0.9x the site, standalone ≥ 0.95x; "
-        "ITL p50 at 1 within 10% of vLLM's",
+        "inter-token latency p50 at 1 within 10% of vLLM's",
         _concurrency,
     ),
     "cold_start": ("cold start under 60 s, hot within 10% of steady", _cold_start),

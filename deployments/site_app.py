@@ -1,10 +1,20 @@
-"""The site's Serve application: one ray.serve.llm deployment per model behind one OpenAI ingress.
+"""The site's Serve applications: one ray.serve.llm deployment per model behind one OpenAI ingress,
+and, for each vLLM model, an application of its own that streams straight from its replicas.
 
 Built with Ray's public pieces (`LLMConfig`, `build_llm_deployment`,
 `make_fastapi_ingress`, `OpenAiIngress`) instead of `build_openai_app`,
 because that builder gives no way to install our error handlers on its
 FastAPI app. The app set-up mirrors Ray's own (request ids, CORS, HTTP
 metrics) so nothing of Ray's behaviour is lost.
+
+Direct streaming (Ray Serve LLM's, built with the pieces `build_openai_app`
+uses when RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING is set, which it allows for
+one model only): the model's LLMServer deployment is itself the ingress of an
+application and serves vLLM's own OpenAI app (the one `vllm serve` runs), and
+Ray's LLMRouter tells HAProxy which replica takes each request, so a streamed
+token crosses no Python proxy or ingress replica. The site's multi-model
+ingress calls the same deployment through a handle, for clients that call the
+site directly.
 """
 
 from __future__ import annotations
@@ -16,12 +26,17 @@ from fastapi.middleware.cors import CORSMiddleware
 from ray import serve
 from ray.llm._internal.common.utils.lora_utils import get_base_model_id
 from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+from ray.llm._internal.serve.core.ingress.builder import (
+    _build_direct_streaming_llm_deployment,
+    _build_openai_ingress_request_router,
+)
 from ray.llm._internal.serve.core.ingress.middleware import SetRequestIdMiddleware
 from ray.llm._internal.serve.observability.metrics.fast_api_metrics import (
     add_http_metrics_middleware,
     metrics_lifespan,
 )
 from ray.serve.deployment import Application
+from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 
@@ -107,11 +122,24 @@ def build_site_fastapi() -> FastAPI:
     return app
 
 
-def build_site_app(site: SiteConfig) -> Application:
-    """The Serve application for a site: an LLMServer deployment per model, one ingress."""
+def build_model_app(model: ModelConfig) -> Application:
+    """A directly streamed model's own application: its LLMServer deployment as the ingress,
+    with Ray's LLMRouter choosing the replica for HAProxy (the model's request router, e.g.
+    prefix-aware, decides)."""
+    config = llm_config_for(model)
+    server = _build_direct_streaming_llm_deployment(config, name_prefix="LLMServer:")
+    return server._with_ingress_request_router(
+        _build_openai_ingress_request_router(server=server, llm_config=config)
+    )
+
+
+def build_site_app(site: SiteConfig, direct: dict[str, DeploymentHandle]) -> Application:
+    """The site's multi-model application: one ingress over an LLMServer deployment per
+    model, or over the handle of a model's own application (`direct`, by model id)."""
     llm_configs = [llm_config_for(model) for model in site.models]
-    deployments = {
-        config.model_id: build_llm_deployment(config, name_prefix="LLMServer:")
+    deployments: dict[str, Application | DeploymentHandle] = {
+        config.model_id: direct.get(config.model_id)
+        or build_llm_deployment(config, name_prefix="LLMServer:")
         for config in llm_configs
     }
     model_cards = {

@@ -220,7 +220,8 @@ class ModelConfig(StrictConfig):
         None,
         ge=0,
         description="How long ray.serve.llm gathers streamed tokens before sending them "
-        "(Ray's default is 50 ms; 0 sends every token at once).",
+        "through the site's multi-model ingress (Ray's default is 50 ms; 0 sends every token "
+        "at once). A directly streamed model's own route streams as `vllm serve` does.",
     )
     slurm: dict[str, Any] = Field(
         default_factory=dict,
@@ -269,10 +270,17 @@ class HAProxyConfig(StrictConfig):
     changes here. The settings reach Serve through the environment of the
     Ray cluster, so they apply to a cluster this config starts (and to Slurm
     jobs); a cluster that is joined keeps the ingress it was started with.
+
+    Off by default for now: HAProxy does not pass a client's close on to a
+    request it has already forwarded, so a non-streaming request whose client
+    gave up runs to its end (Serve's Python proxy cancels it at once; the
+    gateway's disconnect tests show the difference).
     """
 
     enabled: bool = Field(
-        True, description="Serve's ingress is HAProxy; false keeps Serve's Python proxy."
+        False,
+        description="Serve's ingress is HAProxy (about 2x the throughput of Serve's Python "
+        "proxy here; a non-streaming request whose client leaves then runs to its end).",
     )
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="HAProxy's Prometheus endpoint (a free port if unset)."
@@ -320,6 +328,13 @@ class ServeHttpConfig(StrictConfig):
         pattern=r"^/([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$",
         description="Path under which the site's API is served (`/` unless the site shares a "
         "Serve HTTP proxy with a gateway).",
+    )
+    direct_streaming: bool = Field(
+        True,
+        description="Each vLLM model is a Serve application of its own whose replicas serve "
+        "vLLM's OpenAI app, reached by HAProxy straight (Ray Serve LLM's direct streaming); "
+        "the gateway calls it at its own route. The site's multi-model endpoint stays. "
+        "Applies only while Serve's ingress is HAProxy (`ray.haproxy.enabled`).",
     )
 
 
@@ -380,6 +395,30 @@ class SiteConfig(StrictConfig):
                 )
         return self
 
+    def direct_models(self) -> list[ModelConfig]:
+        """The models served straight from their replicas (see `serve.direct_streaming`).
+
+        Only vLLM's engine brings an OpenAI app of its own for Serve to serve."""
+        if not (self.serve.direct_streaming and self.ray.haproxy.enabled):
+            return []
+        return [model for model in self.models if model.engine == "vllm"]
+
+    def model_app_name(self, model: ModelConfig) -> str:
+        """The Serve application of a directly streamed model."""
+        return f"{self.serve.app_name}-{_slug(model.id)}"
+
+    def model_route(self, model: ModelConfig) -> str:
+        """The path of a directly streamed model's own application under the site's base URL
+        (its Serve route prefix is the site's followed by this)."""
+        return f"/models/{_slug(model.id)}"
+
+    def app_names(self) -> list[str]:
+        """Every Serve application of the site: one per directly streamed model, then the
+        site's multi-model one."""
+        return [self.model_app_name(model) for model in self.direct_models()] + [
+            self.serve.app_name
+        ]
+
     def model(self, model_id: str) -> ModelConfig:
         for model in self.models:
             if model.id == model_id:
@@ -397,6 +436,10 @@ class SiteConfig(StrictConfig):
         host = "127.0.0.1" if self.serve.host in ("0.0.0.0", "::") else self.serve.host
         prefix = self.serve.route_prefix.rstrip("/")
         return f"http://{host}:{self.serve.port}{prefix}"
+
+
+def _slug(model_id: str) -> str:
+    return re.sub(r"[^a-z0-9_-]+", "-", model_id.lower()).strip("-")
 
 
 def deployment_name(model_id: str) -> str:

@@ -68,8 +68,11 @@ def site_status(site: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
     return status.model_dump(mode="json")
 
 
-def _read_serve(client, dashboard: str, app_name: str, status) -> tuple[str | None, dict, dict]:
-    """Application status, replica counts and (ongoing, queued) per deployment of a Ray cluster.
+def _read_serve(
+    client, dashboard: str, app_names: list[str], status
+) -> tuple[str | None, dict, dict]:
+    """The site's application status, replica counts and (ongoing, queued) per deployment of a
+    Ray cluster.
 
     The nodes' metrics endpoints it reads go into `status.metrics_targets`,
     where Prometheus finds them through the gateway (monitoring/).
@@ -85,8 +88,8 @@ def _read_serve(client, dashboard: str, app_name: str, status) -> tuple[str | No
     addresses = alive_node_metrics_addresses(nodes)
     metrics = [client.get(f"http://{a}/metrics").raise_for_status().text for a in addresses]
     status.metrics_targets.extend(addresses)
-    app_status, replicas = parse_serve_applications(applications, app_name)
-    return app_status, replicas, parse_serve_load(metrics, app_name)
+    app_status, replicas = parse_serve_applications(applications, app_names)
+    return app_status, replicas, parse_serve_load(metrics, app_names)
 
 
 def _standing_site_status(client, config, status) -> None:
@@ -94,8 +97,9 @@ def _standing_site_status(client, config, status) -> None:
     from deployments.site_status import ModelStatus, model_state
 
     status.app_status, replicas, load = _read_serve(
-        client, config.dashboard_url, config.serve.app_name, status
+        client, config.dashboard_url, config.app_names(), status
     )
+    routes = _model_routes(config)
     for model in config.models:
         name = deployment_name(model.id)
         counts = replicas.get(name)
@@ -111,8 +115,14 @@ def _standing_site_status(client, config, status) -> None:
                 replicas_target=counts.target if counts else 0,
                 ongoing_requests=ongoing,
                 queued_requests=queued,
+                route=routes.get(model.id, ""),
             )
         )
+
+
+def _model_routes(config) -> dict[str, str]:
+    """The route of each model that has its own application (direct streaming)."""
+    return {model.id: config.model_route(model) for model in config.direct_models()}
 
 
 def _slurm_site_status(client, config, status) -> None:
@@ -124,17 +134,23 @@ def _slurm_site_status(client, config, status) -> None:
     from deployments.slurm import SiteJobs
 
     jobs = SiteJobs(config).jobs()
+    routes = _model_routes(config)
     for model in config.models:
         mine = [job for job in jobs if job.model == model.id]
         entry = ModelStatus(
-            id=model.id, engine=model.engine, state="stopped", ready=False, jobs=mine
+            id=model.id,
+            engine=model.engine,
+            state="stopped",
+            ready=False,
+            jobs=mine,
+            route=routes.get(model.id, ""),
         )
         for job in mine:
             if job.state != "running" or not job.dashboard_url:
                 continue
             try:
                 _, replicas, load = _read_serve(
-                    client, job.dashboard_url, config.serve.app_name, status
+                    client, job.dashboard_url, config.app_names(), status
                 )
             except (httpx.HTTPError, ValueError):
                 continue  # the job is going away; the next report will say so

@@ -73,6 +73,11 @@ class ModelStatus(BaseModel):
     replicas_target: int = 0
     ongoing_requests: float = Field(0, description="Requests inside the model's replicas.")
     queued_requests: float = Field(0, description="Requests waiting in Serve for a replica.")
+    route: str = Field(
+        "",
+        description="Path of the model's own endpoint under the site's base URL ('' when it "
+        "is reached through the site's multi-model ingress).",
+    )
     jobs: list[JobStatus] = Field(
         default_factory=list, description="Slurm jobs of the model (Slurm sites only)."
     )
@@ -114,14 +119,17 @@ class ReplicaCounts(BaseModel):
 
 
 def parse_serve_applications(
-    payload: dict, app_name: str
+    payload: dict, app_names: list[str]
 ) -> tuple[str | None, dict[str, ReplicaCounts]]:
-    """Application status and replica counts per deployment, from `/api/serve/applications/`."""
-    app = (payload.get("applications") or {}).get(app_name)
-    if app is None:
+    """The site's status (its worst application's) and replica counts per deployment over
+    its applications, from `/api/serve/applications/`."""
+    applications = payload.get("applications") or {}
+    apps = [applications[name] for name in app_names if name in applications]
+    if not apps:
         return None, {}
     counts: dict[str, ReplicaCounts] = {}
-    for name, deployment in (app.get("deployments") or {}).items():
+    deployments = [item for app in apps for item in (app.get("deployments") or {}).items()]
+    for name, deployment in deployments:
         states = [replica.get("state") for replica in deployment.get("replicas") or []]
         counts[name] = ReplicaCounts(
             running=states.count("RUNNING"),
@@ -129,10 +137,13 @@ def parse_serve_applications(
             target=deployment.get("target_num_replicas") or 0,
             healthy=deployment.get("status") in ("HEALTHY", "UPSCALING", "DOWNSCALING"),
         )
-    return app.get("status"), counts
+    worst = next((app.get("status") for app in apps if app.get("status") != "RUNNING"), None)
+    return worst or ("RUNNING" if len(apps) == len(app_names) else "DEPLOYING"), counts
 
 
-def parse_serve_load(metrics_texts: list[str], app_name: str) -> dict[str, tuple[float, float]]:
+def parse_serve_load(
+    metrics_texts: list[str], app_names: list[str]
+) -> dict[str, tuple[float, float]]:
     """(ongoing, queued) per deployment, summed over replicas, handles and nodes."""
     load: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for text in metrics_texts:
@@ -141,7 +152,7 @@ def parse_serve_load(metrics_texts: list[str], app_name: str) -> dict[str, tuple
                 continue
             slot = 0 if family.name == ONGOING_METRIC else 1
             for sample in family.samples:
-                if sample.labels.get("application") == app_name:
+                if sample.labels.get("application") in app_names:
                     load[sample.labels.get("deployment", "")][slot] += sample.value
     return {name: (values[0], values[1]) for name, values in load.items()}
 

@@ -25,7 +25,7 @@ from typing import Any
 import click
 
 from deployments.site_config import HAProxyConfig, SiteConfig
-from deployments.site_runner import free_ports, haproxy_environment
+from deployments.site_runner import ENGINE_PRIORITY, free_ports, haproxy_environment
 
 # Ports handed to Ray by name (shell variables of the batch script).
 PORT_NAMES = (
@@ -87,7 +87,7 @@ def ports(haproxy: bool) -> None:
     assignments["MIN_WORKER_PORT"], assignments["MAX_WORKER_PORT"] = worker_port_range()
     lines = [f"{name}={port}" for name, port in assignments.items()]
     # Exported before `ray start`, so that Serve's controller and proxies see them.
-    environment = haproxy_environment(HAProxyConfig(enabled=haproxy))
+    environment = ENGINE_PRIORITY | haproxy_environment(HAProxyConfig(enabled=haproxy))
     lines += [f"export {name}={value}" for name, value in environment.items()]
     click.echo("\n".join(lines))
 

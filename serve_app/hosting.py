@@ -51,7 +51,8 @@ def keeper_app_name(config: FederationConfig) -> str:
 
 def serve_app_names(config: FederationConfig) -> list[str]:
     """Every Serve application `bring_up_on_serve` deploys, for the shutdown."""
-    names = [s.serve.app_name for s in config.colocated_sites] + [config.gateway.app_name]
+    sites = config.colocated_sites
+    names = [name for site in sites for name in site.app_names()] + [config.gateway.app_name]
     return [*names, keeper_app_name(config)] if config.keeper.in_gateway else names
 
 

@@ -46,7 +46,7 @@ def site_up(config_path: str, port: int | None, timeout_s: float) -> None:
     serve_until_signal(
         lambda: bring_up(site_config, timeout_s, echo),
         announce,
-        lambda: shut_down(site_config.ray, [site_config.serve.app_name]),
+        lambda: shut_down(site_config.ray, site_config.app_names()),
     )
 
 

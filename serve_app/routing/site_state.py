@@ -189,11 +189,15 @@ class SiteState:
         return [max(ready, key=lambda job: job.time_left_s or 0.0)]
 
     def endpoint(self, model: str) -> str:
-        """Base URL for a request for `model`: the site's, or one of the model's ready jobs'."""
+        """Base URL for a request for `model`: the site's, or one of the model's ready jobs',
+        and under it the model's own route where the site streams it directly (no hop
+        through the site's multi-model ingress)."""
+        status = self.model_status(model)
+        route = status.route if status else ""
         jobs = self.ready_jobs(model)
         if not jobs:
-            return self.config.url
-        return jobs[next(self._turn) % len(jobs)].base_url.rstrip("/")
+            return self.config.url + route
+        return jobs[next(self._turn) % len(jobs)].base_url.rstrip("/") + route
 
     def candidate(self, model: str, now: float) -> Candidate | None:
         """This site as a placement candidate for `model`, or None if it cannot take it now."""

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from tests.conftest import FIRST, SIMULATED_MODEL, VLLM_MODEL, free_port
-from tests.support.processes import listener_on
 
 
 def first(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -170,14 +168,6 @@ def test_status_of_the_running_site_reports_both_models_ready(site):
         assert models[model_id]["ready"] is True
         assert models[model_id]["state"] == "running"
         assert models[model_id]["replicas_running"] == 1
-
-
-@pytest.mark.slow
-def test_the_stack_of_make_run_is_served_by_haproxy(stack):
-    """`first gateway up` gives its Ray cluster Serve's HAProxy ingress: HAProxy, not
-    Serve's Python proxy actor, listens on the gateway's port."""
-    ingress = listener_on(urlsplit(stack.gateway_url).port)
-    assert ingress is not None and ingress.name() == "haproxy", ingress
 
 
 @pytest.mark.slow

@@ -7,18 +7,15 @@ says which site answered.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
-import psutil
 import pytest
 
 from serve_app.routing.forwarding import SITE_HEADER
-from tests.support.processes import listener_on
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -107,21 +104,6 @@ def test_most_traffic_goes_to_the_faster_site(federation):
         federation.gateway_url, "sim-skew", requests=60, concurrency=6, max_tokens=16
     )
     assert counts["east"] >= 0.7 * 60, counts
-
-
-def test_a_site_is_served_by_haproxy_which_stops_with_the_site(federation):
-    """Serve's HAProxy ingress (the default), not its Python proxy, listens on the
-    site's port; HAProxy runs outside the site's process group, and stopping the
-    site stops it too. West is started again for the tests after this one."""
-    west = federation.sites["west"]
-    wait_for_health(federation.gateway_url, "west", "up", 30)
-    ingress = listener_on(west.config["serve"]["port"])
-    assert ingress is not None and ingress.name() == "haproxy", ingress
-    assert os.getpgid(ingress.pid) != west.process.process.pid
-    west.stop()
-    assert not ingress.is_running() or ingress.status() == psutil.STATUS_ZOMBIE
-    west.start()
-    west.wait_ready()
 
 
 def test_requests_fail_over_when_a_site_stops_and_return_when_it_is_back(federation):

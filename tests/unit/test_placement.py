@@ -142,3 +142,13 @@ def test_someone_elses_requests_in_the_report_count_as_load():
     state.status_requested()
     state.record_status(_report(ongoing=3), now=0.0)  # ours plus two others
     assert state.candidate("m", now=0.0).load == 3
+
+
+def test_a_directly_streamed_model_is_called_at_its_own_route():
+    state = _site_state()
+    report = _report(0)
+    state.record_status(report, now=0.0)
+    assert state.endpoint("m") == state.config.url
+    report.models[0].route = "/models/m"
+    state.record_status(report, now=0.0)
+    assert state.endpoint("m") == state.config.url + "/models/m"

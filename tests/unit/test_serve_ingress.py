@@ -9,8 +9,8 @@ from deployments.site_config import HAProxyConfig, RayClusterConfig
 from deployments.site_runner import haproxy_environment
 
 
-def test_haproxy_is_the_default_ingress_with_ports_of_its_own():
-    environment = haproxy_environment(RayClusterConfig().haproxy)
+def test_haproxy_gets_ports_of_its_own_per_cluster():
+    environment = haproxy_environment(HAProxyConfig(enabled=True))
     assert environment["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     metrics, stats = (
         int(environment[f"RAY_SERVE_HAPROXY_{name}_PORT"]) for name in ("METRICS", "STATS")
@@ -20,13 +20,14 @@ def test_haproxy_is_the_default_ingress_with_ports_of_its_own():
 
 
 def test_configured_haproxy_ports_are_used():
-    environment = haproxy_environment(HAProxyConfig(metrics_port=19101, stats_port=18404))
+    config = HAProxyConfig(enabled=True, metrics_port=19101, stats_port=18404)
+    environment = haproxy_environment(config)
     assert environment["RAY_SERVE_HAPROXY_METRICS_PORT"] == "19101"
     assert environment["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
 
 
-def test_haproxy_off_keeps_serves_python_proxy():
-    assert haproxy_environment(HAProxyConfig(enabled=False)) == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+def test_serves_python_proxy_is_the_default_ingress():
+    assert haproxy_environment(RayClusterConfig().haproxy) == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
 
 
 def test_a_slurm_jobs_shell_gets_the_ingress_exported_before_ray_starts():

@@ -137,3 +137,15 @@ def test_a_hub_id_is_left_for_vllm_to_fetch():
         {"name": "s", "models": [{"id": "m", "source": "meta-llama/Llama-3.1-8B-Instruct"}]}
     )
     check_sources(site)
+
+
+def test_vllm_models_get_applications_of_their_own_while_haproxy_is_the_ingress():
+    models = [{"id": "Org/Big.Model", "source": "org/big"}, {"id": "s", "engine": "simulated"}]
+    haproxy = {"haproxy": {"enabled": True}}
+    site = SiteConfig.model_validate({"name": "x", "models": models, "ray": haproxy})
+    assert [m.id for m in site.direct_models()] == ["Org/Big.Model"]
+    assert site.model_route(site.models[0]) == "/models/org-big-model"
+    assert site.app_names() == ["site-org-big-model", "site"]
+    for off in ({"serve": {"direct_streaming": False}, "ray": haproxy}, {}):
+        site = SiteConfig.model_validate({"name": "x", "models": models, **off})
+        assert site.direct_models() == [] and site.app_names() == ["site"]

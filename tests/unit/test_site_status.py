@@ -41,18 +41,18 @@ ray_serve_deployment_queued_queries{application="site",deployment="LLMServer:tin
 
 
 def test_replica_states_are_counted_per_deployment():
-    status, counts = parse_serve_applications(APPLICATIONS, "site")
+    status, counts = parse_serve_applications(APPLICATIONS, ["site"])
     assert status == "RUNNING"
     assert counts["LLMServer:tiny-llama"] == ReplicaCounts(running=1, starting=1, target=2)
     assert counts["LLMServer:cold"].running == 0
 
 
 def test_missing_application_reports_nothing():
-    assert parse_serve_applications(APPLICATIONS, "absent") == (None, {})
+    assert parse_serve_applications(APPLICATIONS, ["absent"]) == (None, {})
 
 
 def test_load_sums_replicas_handles_and_nodes_of_this_application_only():
-    load = parse_serve_load([METRICS, METRICS], "site")
+    load = parse_serve_load([METRICS, METRICS], ["site"])
     assert load["LLMServer:tiny-llama"] == (10.0, 10.0)
 
 
@@ -86,3 +86,28 @@ def test_only_alive_nodes_are_scraped():
         }
     }
     assert alive_node_metrics_addresses(nodes) == ["10.0.0.1:8266"]
+
+
+def test_a_site_of_several_applications_is_read_as_one():
+    """Direct streaming: a model's own application beside the site's multi-model one."""
+    payload = {
+        "applications": {
+            **APPLICATIONS["applications"],
+            "site-big": {
+                "status": "DEPLOYING",
+                "deployments": {
+                    "LLMServer:big": {
+                        "status": "UPSCALING",
+                        "target_num_replicas": 1,
+                        "replicas": [{"state": "STARTING"}],
+                    }
+                },
+            },
+        }
+    }
+    status, counts = parse_serve_applications(payload, ["site-big", "site"])
+    assert status == "DEPLOYING"  # the worst of the site's applications
+    assert set(counts) == {"LLMServer:tiny-llama", "LLMServer:cold", "LLMServer:big"}
+    assert parse_serve_applications(payload, ["site-gone", "site"])[0] == "DEPLOYING"
+    load = parse_serve_load([METRICS], ["site", "other"])
+    assert load["LLMServer:tiny-llama"] == (14.0, 5.0)
