@@ -79,7 +79,9 @@ def main() -> None:
 
 @main.command()
 @click.option(
-    "--haproxy/--no-haproxy", default=True, help="Serve's ingress is HAProxy (exported settings)."
+    "--haproxy/--no-haproxy",
+    default=False,
+    help="Serve's ingress is HAProxy (ray.haproxy.enabled; off by default, as there).",
 )
 def ports(haproxy: bool) -> None:
     """Print free ports for the job's Ray cluster, and Serve's ingress settings, for the shell."""
