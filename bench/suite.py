@@ -43,6 +43,7 @@ SUITES = (
     Suite("routing", "bench.routing_bench", ("--quick",)),
     Suite("prefix", "bench.prefix_bench", ("--quick",), ("--site-routers",)),
     Suite("concurrency", "bench.concurrency_bench", ("--quick",)),
+    Suite("site_options", "bench.site_options_bench", None),
     Suite("gateway", "bench.gateway_bench", None),
     Suite("cold_start", "bench.cold_start_bench", None),
     Suite("batch", "bench.batch_bench", None),
@@ -71,7 +72,7 @@ def commit() -> str:
 
 def run(suite: Suite, full: bool) -> None:
     out = RESULTS / f"{suite.name}.json"
-    args = suite.full_args if full else suite.quick_args
+    args = suite.full_args if full or suite.quick_args is None else suite.quick_args
     print(f"[bench] {suite.name}: python -m {suite.module} {' '.join(args)}", flush=True)
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", suite.module, "--out", str(out), *args], check=True)

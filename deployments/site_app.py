@@ -11,7 +11,7 @@ Direct streaming (Ray Serve LLM's, built with the pieces `build_openai_app`
 uses when RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING is set, which it allows for
 one model only): the model's LLMServer deployment is itself the ingress of an
 application and serves vLLM's own OpenAI app (the one `vllm serve` runs), and
-Ray's LLMRouter tells HAProxy which replica takes each request, so a streamed
+HAProxy picks the replica (asking Ray's LLMRouter for a prefix-aware model), so a streamed
 token crosses no Python proxy or ingress replica. The site's multi-model
 ingress calls the same deployment through a handle, for clients that call the
 site directly.
@@ -35,6 +35,7 @@ from ray.llm._internal.serve.observability.metrics.fast_api_metrics import (
     add_http_metrics_middleware,
     metrics_lifespan,
 )
+from ray.serve.config import RequestRouterConfig
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig, build_llm_deployment
@@ -98,7 +99,7 @@ def llm_config_for(model: ModelConfig) -> LLMConfig:
         experimental_configs=experimental,
         server_cls="deployments.simulated_engine:SimulatedLLMServer" if simulated else None,
         # The simulated engine exports no vLLM metrics.
-        log_engine_metrics=not simulated,
+        log_engine_metrics=model.engine_metrics and not simulated,
     )
 
 
@@ -123,10 +124,20 @@ def build_site_fastapi() -> FastAPI:
 
 
 def build_model_app(model: ModelConfig) -> Application:
-    """A directly streamed model's own application: its LLMServer deployment as the ingress,
-    with Ray's LLMRouter choosing the replica for HAProxy (the model's request router, e.g.
-    prefix-aware, decides)."""
+    """A directly streamed model's own application: its LLMServer deployment as the ingress.
+
+    HAProxy balances its replicas by least connections (what Serve's default
+    router weighs too), so only a prefix-aware model gets Ray's LLMRouter, which
+    HAProxy asks for every request: that call cost ~15% of the site's
+    throughput at 128 concurrent requests here (bench/README.md).
+    """
     config = llm_config_for(model)
+    if model.request_router != "prefix-aware":
+        return _build_direct_streaming_llm_deployment(
+            config,
+            name_prefix="LLMServer:",
+            override_serve_options={"request_router_config": RequestRouterConfig()},
+        )
     server = _build_direct_streaming_llm_deployment(config, name_prefix="LLMServer:")
     return server._with_ingress_request_router(
         _build_openai_ingress_request_router(server=server, llm_config=config)

@@ -234,7 +234,18 @@ class ModelConfig(StrictConfig):
         description="How Serve picks one of the model's replicas: its default (the less busy "
         "of two), or prefix-aware (ray.serve.llm's PrefixCacheAffinityRouter: a request goes "
         "to the replica that served its prompt's prefix, while loads stay balanced; vLLM's "
-        "prefix caching, on by default, then skips that prefix's prefill).",
+        "prefix caching, on by default, then skips that prefix's prefill). A directly "
+        "streamed model (serve.direct_streaming) that is not prefix-aware is balanced by "
+        "HAProxy itself (least connections, as Serve's default by ongoing requests), with no "
+        "router to ask for every request.",
+    )
+    engine_metrics: bool = Field(
+        True,
+        description="Export vLLM's engine metrics (ray_vllm_*: running and waiting requests, "
+        "KV cache use, tokens, latency histograms) through Ray's metrics. They cost CPU per "
+        "generated token (one histogram sample each) in the replica and Ray's metrics agent: "
+        "bench/README.md has the measured cost. The site's status and placement do not use "
+        "them; the replicas dashboard does.",
     )
 
     @model_validator(mode="after")

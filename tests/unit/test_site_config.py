@@ -149,3 +149,39 @@ def test_vllm_models_get_applications_of_their_own_while_haproxy_is_the_ingress(
     for off in ({"serve": {"direct_streaming": False}, "ray": haproxy}, {}):
         site = SiteConfig.model_validate({"name": "x", "models": models, **off})
         assert site.direct_models() == [] and site.app_names() == ["site"]
+
+
+def test_only_a_prefix_aware_directly_streamed_model_asks_rays_router():
+    """HAProxy balances the others itself: no router call per request."""
+    from deployments.site_app import build_model_app
+
+    site = SiteConfig.model_validate(
+        {
+            "name": "s",
+            "models": [
+                {"id": "plain", "source": "/models/plain"},
+                {"id": "affine", "source": "/models/affine", "request_router": "prefix-aware"},
+            ],
+        }
+    )
+    plain, affine = (build_model_app(model) for model in site.models)
+    assert plain._ingress_request_router is None
+    router = plain._bound_deployment._deployment_config.request_router_config
+    assert router.is_default_request_router()
+    assert affine._ingress_request_router is not None
+
+
+def test_engine_metrics_can_be_switched_off_per_model():
+    from deployments.site_app import llm_config_for
+
+    site = SiteConfig.model_validate(
+        {
+            "name": "s",
+            "models": [
+                {"id": "measured", "source": "/models/m"},
+                {"id": "quiet", "source": "/models/m", "engine_metrics": False},
+            ],
+        }
+    )
+    measured, quiet = (llm_config_for(model) for model in site.models)
+    assert measured.log_engine_metrics and not quiet.log_engine_metrics
