@@ -7,9 +7,10 @@ replicas itself), `engine_metrics: false`, and `request_router: prefix-aware`
 (Ray's LLMRouter asked by HAProxy for every request). Plain `vllm serve` of
 the same model and engine arguments is measured before and after them, so the
 yardstick's own drift on this shared machine shows. Each variant gets
-`vllm bench serve` at 128 concurrent requests, long runs (2,048 requests,
-about 30 s) repeated, and the median is kept; CPU by role as in the
-concurrency curve.
+`vllm bench serve` at 128 concurrent requests, four runs of 1,024 requests
+(the engine settles in a regime of small or of large steps per run, see
+`concurrency_bench.repeats_at`), and the median is kept; CPU by role as in
+the concurrency curve.
 
 `python -m bench.site_options_bench`; part of `make bench`.
 """
@@ -132,8 +133,8 @@ def summarise(runs: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results/site_options.json")
-    parser.add_argument("--repeats", type=int, default=2, help="Runs per variant (median).")
-    parser.add_argument("--prompts", type=int, default=2048, help="Requests per run.")
+    parser.add_argument("--repeats", type=int, default=4, help="Runs per variant (median).")
+    parser.add_argument("--prompts", type=int, default=1024, help="Requests per run.")
     args = parser.parse_args()
     from bench.gateway_bench import FIRST_KEY
 

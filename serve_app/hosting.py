@@ -223,8 +223,11 @@ def serve_standalone(config: FederationConfig, on_ready: Callable[[], None]) -> 
             on_ready()
         await serving
 
+    # uvicorn's own loop (uvloop where installed), as `uvicorn.run` would pick:
+    # asyncio.run alone gives the default loop, which costs more per request.
     try:
-        asyncio.run(run())
+        with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+            runner.run(run())
     finally:
         listening.close()
     if not server.started:
