@@ -21,7 +21,7 @@ LITELLM_VENV := .first/litellm-venv
 LITELLM_VERSION := 1.108.7
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
 
-.PHONY: install dev-slurm prometheus run run-slurm monitor test test-fast lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics clean
+.PHONY: install dev-slurm prometheus run run-slurm monitor test test-fast test-haproxy lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics clean
 
 install: $(STAMP)
 
@@ -66,6 +66,11 @@ test: install dev-slurm prometheus
 
 test-fast: install prometheus
 	$(BIN)/pytest -m "not slow"
+
+# The tests on the shared stack again with Serve's fast path on (ray.haproxy.enabled,
+# serve.direct_streaming): what of our behaviour Ray's experimental ingress keeps.
+test-haproxy: install prometheus
+	FIRST_TEST_HAPROXY=1 $(BIN)/pytest
 
 # ruff, and the layer contracts of pyproject.toml ([tool.importlinter]).
 lint: install

@@ -152,6 +152,10 @@ def _concurrency(r: dict) -> tuple[str, bool]:
         f"{over_site['gateway']:.2f}x the site, standalone {over_site['standalone']:.2f}x; "
         f"inter-token latency (TPOT p50) at 1 {r['p50_tpot_gateway_over_vllm_at_1']:.2f}x vLLM's"
     )
+    if r["p50_tpot_gateway_over_vllm_at_1"] == 0:
+        text += " (the median stream came in one piece)"
+    if "p50_e2el_over_vllm_at_1" in r:
+        text += f", a whole answer {r['p50_e2el_over_vllm_at_1']['gateway']:.2f}x"
     return text, all(r["met"].values())
 
 

@@ -29,6 +29,7 @@ from openai.types import Batch
 from deployments.config_loading import load_config
 from deployments.site_config import SiteConfig
 from deployments.slurm import SiteJobs
+from tests.conftest import HAPROXY
 from tests.support.processes import FIRST, FirstProcess, start_standalone_gateway
 from tests.support.waiting import eventually
 
@@ -102,6 +103,7 @@ def slurm_site(model_dir: Path, state_dir: Path) -> dict:
     }
     return {
         "name": SITE,
+        "ray": {"haproxy": {"enabled": HAPROXY}},
         "slurm": {
             "partition": "debug",
             "cpus_per_node": 1,
