@@ -69,7 +69,7 @@ test-fast: install prometheus
 
 # The tests on the shared stack again with Serve's fast path on (ray.haproxy.enabled,
 # serve.direct_streaming): what of our behaviour Ray's experimental ingress keeps.
-test-haproxy: install prometheus
+test-haproxy: install dev-slurm prometheus
 	FIRST_TEST_HAPROXY=1 $(BIN)/pytest
 
 # ruff, and the layer contracts of pyproject.toml ([tool.importlinter]).
