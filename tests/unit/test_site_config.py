@@ -102,19 +102,25 @@ def test_preset_and_override_merge():
     assert serve["max_replicas"] == 3
 
 
-def test_a_prefix_aware_model_gets_rays_prefix_cache_affinity_router():
-    from deployments.site_app import PREFIX_ROUTER, llm_config_for
-
+def _plain_and_affine(**engine) -> list:
+    """Two models, Serve's default router and prefix-aware; simulated unless `source` is given."""
+    engine = engine or {"engine": "simulated"}
     site = SiteConfig.model_validate(
         {
             "name": "s",
             "models": [
-                {"id": "plain", "engine": "simulated"},
-                {"id": "affine", "engine": "simulated", "request_router": "prefix-aware"},
+                {"id": "plain", **engine},
+                {"id": "affine", **engine, "request_router": "prefix-aware"},
             ],
         }
     )
-    plain, affine = (llm_config_for(model).deployment_config for model in site.models)
+    return site.models
+
+
+def test_a_prefix_aware_model_gets_rays_prefix_cache_affinity_router():
+    from deployments.site_app import PREFIX_ROUTER, llm_config_for
+
+    plain, affine = (llm_config_for(model).deployment_config for model in _plain_and_affine())
     assert "request_router_config" not in plain
     assert affine["request_router_config"] == {"request_router_class": PREFIX_ROUTER}
 
@@ -155,16 +161,7 @@ def test_only_a_prefix_aware_directly_streamed_model_asks_rays_router():
     """HAProxy balances the others itself: no router call per request."""
     from deployments.site_app import build_model_app
 
-    site = SiteConfig.model_validate(
-        {
-            "name": "s",
-            "models": [
-                {"id": "plain", "source": "/models/plain"},
-                {"id": "affine", "source": "/models/affine", "request_router": "prefix-aware"},
-            ],
-        }
-    )
-    plain, affine = (build_model_app(model) for model in site.models)
+    plain, affine = (build_model_app(model) for model in _plain_and_affine(source="/models/m"))
     assert plain._ingress_request_router is None
     router = plain._bound_deployment._deployment_config.request_router_config
     assert router.is_default_request_router()
