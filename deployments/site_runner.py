@@ -88,12 +88,24 @@ def haproxy_environment(config: HAProxyConfig) -> dict[str, str]:
     }
 
 
+RAY_AUTH_MODE = "RAY_AUTH_MODE"
+
+
+def ray_auth_mode() -> str:
+    """Ray's token auth for a cluster started here: as set, else off.
+
+    Ray 2.60 turns it on for any cluster it starts once ~/.ray/auth_token exists (and
+    any `ray.init()` of a new local cluster writes one); the status calls and the
+    gateway reach the dashboard and Serve without a token, so the mode is explicit.
+    """
+    return os.environ.get(RAY_AUTH_MODE, "disabled")
+
+
 def start_ray(cluster: RayClusterConfig) -> None:
     """Join the configured Ray cluster, or start a private one with the configured ports."""
     import ray
 
-    # Ray 2.60 turns token auth on whenever ~/.ray/auth_token exists; be explicit.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault(RAY_AUTH_MODE, ray_auth_mode())
     if cluster.address:
         ray.init(address=cluster.address, logging_level="WARNING")
         return

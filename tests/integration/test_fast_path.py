@@ -16,11 +16,14 @@ import os
 import shutil
 import subprocess
 
+import httpx
 import openai
 import psutil
 import pytest
 import yaml
 
+from deployments.config_loading import load_config
+from deployments.site_config import SiteConfig
 from tests.conftest import (
     FIRST,
     SIMULATED_MODEL,
@@ -87,6 +90,17 @@ def test_a_vllm_model_streams_from_an_application_of_its_own(fast_site):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     with pytest.raises(openai.NotFoundError):
         own.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+
+
+def test_haproxy_balances_a_model_that_is_not_prefix_aware_itself(fast_site):
+    """No Ray LLMRouter for HAProxy to ask on every request: the model's application is
+    its LLMServer deployment alone."""
+    _, _, path = fast_site
+    site = load_config(path, SiteConfig)
+    answer = httpx.get(f"{site.dashboard_url}/api/serve/applications/", timeout=30)
+    applications = answer.raise_for_status().json()["applications"]
+    own = applications[site.model_app_name(site.model(VLLM_MODEL))]
+    assert sorted(own["deployments"]) == [f"LLMServer:{VLLM_MODEL}"], own["deployments"]
 
 
 def test_the_multi_model_endpoint_still_serves_every_model(fast_site):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -44,3 +45,16 @@ def test_a_slurm_jobs_shell_gets_the_ingress_exported_before_ray_starts():
     enabled, stats_port = exported("--haproxy")
     assert enabled == "1" and int(stats_port) > 0
     assert exported("--no-haproxy") == ["0"]
+
+
+def test_a_slurm_jobs_ray_cluster_runs_without_token_auth_unless_asked():
+    """Ray turns token auth on once ~/.ray/auth_token exists; the status calls carry none."""
+
+    def mode(environment: dict[str, str]) -> str:
+        script = f'eval "$({sys.executable} -m deployments.slurm_job ports)"; echo "$RAY_AUTH_MODE"'
+        env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"} | environment
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
+        return done.stdout.strip()
+
+    assert mode({}) == "disabled"
+    assert mode({"RAY_AUTH_MODE": "token"}) == "token"

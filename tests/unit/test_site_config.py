@@ -102,25 +102,19 @@ def test_preset_and_override_merge():
     assert serve["max_replicas"] == 3
 
 
-def _plain_and_affine(**engine) -> list:
-    """Two models, Serve's default router and prefix-aware; simulated unless `source` is given."""
-    engine = engine or {"engine": "simulated"}
+def test_a_prefix_aware_model_gets_rays_prefix_cache_affinity_router():
+    from deployments.site_app import PREFIX_ROUTER, llm_config_for
+
     site = SiteConfig.model_validate(
         {
             "name": "s",
             "models": [
-                {"id": "plain", **engine},
-                {"id": "affine", **engine, "request_router": "prefix-aware"},
+                {"id": "plain", "engine": "simulated"},
+                {"id": "affine", "engine": "simulated", "request_router": "prefix-aware"},
             ],
         }
     )
-    return site.models
-
-
-def test_a_prefix_aware_model_gets_rays_prefix_cache_affinity_router():
-    from deployments.site_app import PREFIX_ROUTER, llm_config_for
-
-    plain, affine = (llm_config_for(model).deployment_config for model in _plain_and_affine())
+    plain, affine = (llm_config_for(model).deployment_config for model in site.models)
     assert "request_router_config" not in plain
     assert affine["request_router_config"] == {"request_router_class": PREFIX_ROUTER}
 
@@ -155,17 +149,6 @@ def test_vllm_models_get_applications_of_their_own_while_haproxy_is_the_ingress(
     for off in ({"serve": {"direct_streaming": False}, "ray": haproxy}, {}):
         site = SiteConfig.model_validate({"name": "x", "models": models, **off})
         assert site.direct_models() == [] and site.app_names() == ["site"]
-
-
-def test_only_a_prefix_aware_directly_streamed_model_asks_rays_router():
-    """HAProxy balances the others itself: no router call per request."""
-    from deployments.site_app import build_model_app
-
-    plain, affine = (build_model_app(model) for model in _plain_and_affine(source="/models/m"))
-    assert plain._ingress_request_router is None
-    router = plain._bound_deployment._deployment_config.request_router_config
-    assert router.is_default_request_router()
-    assert affine._ingress_request_router is not None
 
 
 def test_engine_metrics_can_be_switched_off_per_model():
