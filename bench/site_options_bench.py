@@ -12,7 +12,7 @@ yardstick's own drift on this shared machine shows. Each variant gets
 `concurrency_bench.repeats_at`), and the median is kept; CPU by role as in
 the concurrency curve.
 
-`python -m bench.site_options_bench`; part of `make bench`.
+`python -m bench.site_options_bench`; part of `make bench-full`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from bench.concurrency_bench import (
     shipped_model,
     start_plain_vllm,
 )
-from bench.gateway_bench import log
+from bench.gateway_bench import FIRST_KEY, log
 from bench.harness import REPO, TINY_MODEL, cpu_use, latency_summary, vllm_bench_serve
 from deployments.site_config import SiteConfig
 from tests.support.processes import FirstProcess, free_port
@@ -136,8 +136,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4, help="Runs per variant (median).")
     parser.add_argument("--prompts", type=int, default=1024, help="Requests per run.")
     args = parser.parse_args()
-    from bench.gateway_bench import FIRST_KEY
-
     os.environ["OPENAI_API_KEY"] = FIRST_KEY
     workdir = Path(tempfile.mkdtemp(prefix="first-bench-site-options-"))
     runs = measure_plain_vllm("vllm_before", args.repeats, args.prompts, workdir)

@@ -128,17 +128,22 @@ def build_model_app(model: ModelConfig) -> Application:
 
     HAProxy balances its replicas by least connections (what Serve's default
     router weighs too), so only a prefix-aware model gets Ray's LLMRouter, which
-    HAProxy asks for every request: that call cost ~15% of the site's
-    throughput at 128 concurrent requests here (bench/README.md).
+    HAProxy asks for every request (its cost: bench/README.md, "What a site
+    model's options cost"). Without that router, Ray's own default of a custom
+    RoundRobinRouter is refused on an ingress under HAProxy, so Serve's default
+    router config goes in its place.
     """
     config = llm_config_for(model)
-    if model.request_router != "prefix-aware":
-        return _build_direct_streaming_llm_deployment(
-            config,
-            name_prefix="LLMServer:",
-            override_serve_options={"request_router_config": RequestRouterConfig()},
-        )
-    server = _build_direct_streaming_llm_deployment(config, name_prefix="LLMServer:")
+    prefix_aware = model.request_router == "prefix-aware"
+    server = _build_direct_streaming_llm_deployment(
+        config,
+        name_prefix="LLMServer:",
+        override_serve_options=None
+        if prefix_aware
+        else {"request_router_config": RequestRouterConfig()},
+    )
+    if not prefix_aware:
+        return server
     return server._with_ingress_request_router(
         _build_openai_ingress_request_router(server=server, llm_config=config)
     )

@@ -242,10 +242,10 @@ class ModelConfig(StrictConfig):
     engine_metrics: bool = Field(
         True,
         description="Export vLLM's engine metrics (ray_vllm_*: running and waiting requests, "
-        "KV cache use, tokens, latency histograms) through Ray's metrics. They cost CPU per "
-        "generated token (one histogram sample each) in the replica and Ray's metrics agent: "
-        "bench/README.md has the measured cost. The site's status and placement do not use "
-        "them; the replicas dashboard does.",
+        "KV cache use, tokens, latency histograms) through Ray's metrics. Off, Ray's metrics "
+        "agent has less to collect; throughput did not change measurably here "
+        "(bench/README.md, \"What a site model's options cost\"). The site's status and "
+        "placement do not use them; the replicas dashboard does.",
     )
 
     @model_validator(mode="after")

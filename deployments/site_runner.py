@@ -105,7 +105,7 @@ def start_ray(cluster: RayClusterConfig) -> None:
     """Join the configured Ray cluster, or start a private one with the configured ports."""
     import ray
 
-    os.environ.setdefault(RAY_AUTH_MODE, ray_auth_mode())
+    os.environ[RAY_AUTH_MODE] = ray_auth_mode()
     if cluster.address:
         ray.init(address=cluster.address, logging_level="WARNING")
         return
