@@ -12,12 +12,13 @@ bench/README.md from every result present, run now or committed earlier.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 README = BENCH / "README.md"
 START, END = "<!-- summary:start -->", "<!-- summary:end -->"
+AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,49 @@ SUITES = (
 )
 
 
-def machine() -> dict:
+def machine(autogroup: bool | None) -> dict:
     return {
         "cpus": psutil.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30),
         "platform": platform.platform(terse=True),
         "python": platform.python_version(),
+        "sched_autogroup": autogroup,
     }
+
+
+@contextlib.contextmanager
+def without_autogroup() -> Iterator[bool | None]:
+    """Linux's autogroup scheduling off while a benchmark runs, where this may turn it off.
+
+    With autogroup on, the kernel shares busy CPUs between sessions, not
+    processes: each `start_new_session` process (the load generator, `vllm
+    serve`, `first gateway up` and the Ray cluster it starts, HAProxy) gets one
+    share. The engine's busy-polling threads then starve the server in their own
+    session: plain `vllm serve` delivered 38 of 40 streams at concurrency 1 in
+    one piece (first byte 70 ms, where it is 9 ms with autogroup off), and the
+    paths under comparison each got a different share of the two cores. GPU
+    nodes rarely contend for CPU, where this does not matter. Yields whether
+    autogroup was on during the run (None: the kernel has no such switch).
+    """
+    try:
+        before = AUTOGROUP.read_text().strip()
+    except OSError:
+        yield None
+        return
+    if before == "0":
+        yield False
+        return
+    try:
+        AUTOGROUP.write_text("0")
+    except OSError:
+        print("[bench] autogroup scheduling is on and cannot be turned off here "
+              "(not root): paths share the CPUs by session", flush=True)  # fmt: skip
+        yield True
+        return
+    try:
+        yield False
+    finally:
+        AUTOGROUP.write_text(before)
 
 
 def commit() -> str:
@@ -75,10 +113,11 @@ def run(suite: Suite, full: bool) -> None:
     args = suite.full_args if full or suite.quick_args is None else suite.quick_args
     print(f"[bench] {suite.name}: python -m {suite.module} {' '.join(args)}", flush=True)
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", suite.module, "--out", str(out), *args], check=True)
+    with without_autogroup() as autogroup:
+        subprocess.run([sys.executable, "-m", suite.module, "--out", str(out), *args], check=True)
     result = json.loads(out.read_text())
     result["measured_on"] = {
-        "machine": machine(),
+        "machine": machine(autogroup),
         "commit": commit(),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "took_s": round(time.monotonic() - started),

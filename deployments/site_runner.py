@@ -85,6 +85,12 @@ def haproxy_environment(config: HAProxyConfig) -> dict[str, str]:
         # HAProxy shows a directly streamed request's body to Ray's LLMRouter, so that a
         # prefix-aware model routes on its prompt (without it: load balancing only).
         "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1",
+        # The rest of Ray's high-throughput mode (with HAProxy and direct streaming, as
+        # Ray documents it): replica to replica over gRPC, request logs buffered and
+        # kept in Serve's log files only (not also in stderr), the user code on the
+        # replica's own event loop, the garbage collector frozen after start-up.
+        # bench/README.md has what it is worth here.
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     }
 
 

@@ -13,6 +13,8 @@ from deployments.site_runner import haproxy_environment
 def test_haproxy_gets_ports_of_its_own_per_cluster():
     environment = haproxy_environment(HAProxyConfig(enabled=True))
     assert environment["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    # Ray's high-throughput mode comes with it, as Ray documents the two together.
+    assert environment["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     metrics, stats = (
         int(environment[f"RAY_SERVE_HAPROXY_{name}_PORT"]) for name in ("METRICS", "STATS")
     )
