@@ -107,6 +107,12 @@ def ray_auth_mode() -> str:
     return os.environ.get(RAY_AUTH_MODE, "disabled")
 
 
+def cluster_environment(haproxy: HAProxyConfig) -> dict[str, str]:
+    """What a Ray cluster that this project starts needs in its environment before
+    Ray starts: here (`start_ray`) and in a Slurm job's shell (`slurm_job ports`)."""
+    return ENGINE_PRIORITY | haproxy_environment(haproxy) | {RAY_AUTH_MODE: ray_auth_mode()}
+
+
 def start_ray(cluster: RayClusterConfig) -> None:
     """Join the configured Ray cluster, or start a private one with the configured ports."""
     import ray
@@ -116,7 +122,7 @@ def start_ray(cluster: RayClusterConfig) -> None:
         ray.init(address=cluster.address, logging_level="WARNING")
         return
     # The cluster's processes (and so Serve's controller) inherit this one's environment.
-    os.environ.update(ENGINE_PRIORITY | haproxy_environment(cluster.haproxy))
+    os.environ.update(cluster_environment(cluster.haproxy))
     ray.init(
         address="local",
         num_cpus=cluster.num_cpus,

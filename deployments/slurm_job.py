@@ -25,13 +25,7 @@ from typing import Any
 import click
 
 from deployments.site_config import HAProxyConfig, SiteConfig
-from deployments.site_runner import (
-    ENGINE_PRIORITY,
-    RAY_AUTH_MODE,
-    free_ports,
-    haproxy_environment,
-    ray_auth_mode,
-)
+from deployments.site_runner import cluster_environment, free_ports
 
 # Ports handed to Ray by name (shell variables of the batch script).
 PORT_NAMES = (
@@ -95,8 +89,7 @@ def ports(haproxy: bool) -> None:
     assignments["MIN_WORKER_PORT"], assignments["MAX_WORKER_PORT"] = worker_port_range()
     lines = [f"{name}={port}" for name, port in assignments.items()]
     # Exported before `ray start`, so that Serve's controller and proxies see them.
-    environment = ENGINE_PRIORITY | haproxy_environment(HAProxyConfig(enabled=haproxy))
-    environment[RAY_AUTH_MODE] = ray_auth_mode()
+    environment = cluster_environment(HAProxyConfig(enabled=haproxy))
     lines += [f"export {name}={value}" for name, value in environment.items()]
     click.echo("\n".join(lines))
 
