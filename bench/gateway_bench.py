@@ -5,7 +5,9 @@ same non-streaming chat request (16 tokens) on every path:
 
 - `direct`: straight to the backend;
 - `gateway-serve`: the gateway hosted on Ray Serve (`first gateway up`, one
-  ingress replica), pinned to the backend's site;
+  ingress replica), pinned to the backend's site; behind Serve's HAProxy
+  ingress (`--ingress haproxy`, Ray's fast path, how `make bench-full` runs
+  it) or its Python proxy (`--ingress proxy`, the default config's);
 - `gateway-standalone`: the same app under uvicorn (`first gateway up --standalone`);
 - `litellm`: LiteLLM's proxy in front of the same backend, the reference peer;
 - `bare-forwarder`: `bench/bare_forwarder.py`, uvicorn + httpx and nothing else,
@@ -125,7 +127,9 @@ def wait_until_answering(target: Target, timeout_s: float, what: str) -> None:
         raise SystemExit(str(exc)) from None
 
 
-def federation_files(workdir: Path, fixed_url: str, ray_temp: str) -> tuple[Path, dict]:
+def federation_files(
+    workdir: Path, fixed_url: str, ray_temp: str, haproxy: bool
+) -> tuple[Path, dict]:
     """The Serve-hosted federation's file (local site colocated) and its standalone twin's
     config (`start_standalone_gateway` picks its port).
 
@@ -142,9 +146,11 @@ def federation_files(workdir: Path, fixed_url: str, ray_temp: str) -> tuple[Path
             "autoscaling": {"preset": "hot", "max_replicas": 1},
         }
     ]
+    gateway = one_replica_gateway(ray_temp)
+    gateway["ray"]["haproxy"] = {"enabled": haproxy}
     serve_config = {
         # One ingress replica, like LiteLLM's one worker: the hop, not the scaling.
-        "gateway": one_replica_gateway(ray_temp),
+        "gateway": gateway,
         "sites": [
             {"name": "local", "site": local, "colocated": True, "channel": {"kind": "local"}},
         ],
@@ -307,6 +313,13 @@ def main() -> None:  # noqa: PLR0915 - one linear script: start, measure, stop
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 128])
     parser.add_argument(
+        "--ingress",
+        choices=("proxy", "haproxy"),
+        default="proxy",
+        help="Serve's ingress for the Serve-hosted stack: its Python proxy (the default "
+        "config's) or HAProxy (ray.haproxy.enabled, Ray's fast path).",
+    )
+    parser.add_argument(
         "--litellm",
         default=str(REPO / ".first" / "litellm-venv" / "bin" / "litellm"),
         help="LiteLLM's `litellm` command (make bench-gateway installs it).",
@@ -321,7 +334,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script: start, measure, stop
     ray_temp = tempfile.mkdtemp(prefix="first-bench-", dir="/tmp")
     fixed_port, litellm_port = free_port(), free_port()
     fixed_url = f"http://127.0.0.1:{fixed_port}"
-    serve_path, standalone_config = federation_files(workdir, fixed_url, ray_temp)
+    serve_path, standalone_config = federation_files(
+        workdir, fixed_url, ray_temp, args.ingress == "haproxy"
+    )
     helpers: list[Background] = []
     firsts: list[FirstProcess] = []
     try:
@@ -431,6 +446,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script: start, measure, stop
             "repeats": args.repeats,
             "request": BODY,
         },
+        "serve_ingress": args.ingress,
         "cells": [
             {"backend": b, "path": p, "concurrency": c, **cell} for (b, p, c), cell in cells.items()
         ],

@@ -46,7 +46,7 @@ SUITES = (
     Suite("prefix", "bench.prefix_bench", ("--quick",), ("--site-routers",)),
     Suite("concurrency", "bench.concurrency_bench", ("--quick",)),
     Suite("site_options", "bench.site_options_bench", None),
-    Suite("gateway", "bench.gateway_bench", None),
+    Suite("gateway", "bench.gateway_bench", None, ("--ingress", "haproxy")),
     Suite("cold_start", "bench.cold_start_bench", None),
     Suite("batch", "bench.batch_bench", None),
     Suite("metrics", "bench.metrics_bench", None),
@@ -165,7 +165,8 @@ def _gateway(r: dict) -> tuple[str, bool]:
         for q in ("p50_ms", "p99_ms")
         if "bare-forwarder" in c and c["bare-forwarder"][q] > 0
     ]
-    text = "Serve ingress below LiteLLM at 1, 32, 128: " + (
+    ingress = {"haproxy": " (HAProxy)", "proxy": " (Python proxy)"}.get(r.get("serve_ingress"), "")
+    text = f"Serve ingress{ingress} below LiteLLM at 1, 32, 128: " + (
         "yes" if below else "not at " + ", ".join(above)
     )
     rates = r.get("sustained_requests_per_s", {})
