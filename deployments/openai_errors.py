@@ -83,6 +83,35 @@ def field_path(location: tuple | list) -> str | None:
     return ".".join(parts) or None
 
 
+def lone_surrogate_at(value: object, location: tuple = ()) -> tuple | None:
+    """Where in decoded JSON a string holds a lone UTF-16 surrogate, or None.
+
+    `"a\\ud800b"` is valid JSON and decodes to a Python string, but no UTF-8
+    can carry it, so the request cannot be passed on: found only when
+    encoding fails, to name the field in the 400.
+    """
+    if isinstance(value, str):
+        return None if value.isascii() or not _has_surrogate(value) else location
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if (found := lone_surrogate_at(item, (*location, key))) is not None:
+            return found
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def describe_request_errors(errors: list[dict]) -> tuple[str, str | None, str]:
     """(message, param, code) of a 400 for pydantic errors of a request body."""
     if any(e.get("type") == "json_invalid" for e in errors):

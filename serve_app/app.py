@@ -18,6 +18,7 @@ from serve_app.config import FederationConfig
 from serve_app.errors import register_error_handlers
 from serve_app.middleware import RequestContextMiddleware
 from serve_app.routes import batches, health, metrics, usage, whoami
+from serve_app.routes.dependencies import credential_before_body
 from serve_app.routes.inference import build_inference_router
 from serve_app.routes.models import build_models_router
 from serve_app.services import build_services
@@ -67,7 +68,7 @@ def build_app(
     for pinned in (False, True):
         app.include_router(build_models_router(pinned))
         app.include_router(build_inference_router(pinned))
-    register_error_handlers(app)
+    register_error_handlers(app, invalid_request=credential_before_body)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=config.gateway.max_body_bytes,

@@ -172,7 +172,7 @@ DOCUMENTED_ERRORS = {
 }
 
 
-async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+async def gateway_error_handler(request: Request, exc: GatewayError) -> JSONResponse:
     services = getattr(request.app.state, "services", None)
     if services is not None:
         route = getattr(request.scope.get("route"), "path", "other")
@@ -180,14 +180,15 @@ async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
     return exc.response()
 
 
-def register_error_handlers(app: FastAPI) -> None:
+def register_error_handlers(app: FastAPI, invalid_request=validation_error_handler) -> None:
     """Route every failure of `app` through the OpenAI envelope.
 
-    The catch-all goes in before any other middleware, so it runs inside
-    them: its 500 carries the request id an outer one chose.
+    `invalid_request` answers a body that is not a valid request. The
+    catch-all goes in before any other middleware, so it runs inside them:
+    its 500 carries the request id an outer one chose.
     """
-    app.add_exception_handler(GatewayError, _gateway_error)
-    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(GatewayError, gateway_error_handler)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)
     app.add_middleware(CatchAllMiddleware, server="gateway")
 

@@ -10,12 +10,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from deployments.errors import FirstError
 from deployments.site_runner import (
@@ -190,10 +195,32 @@ def _wait(call: Callable[[], httpx.Response], what: str, deadline: float) -> Non
         raise GatewayStartError(f"{what} did not answer in time (last: {failure})")
 
 
+def drain_on_serve(config: FederationConfig, progress: Progress) -> None:
+    """Delete the gateway's Serve application first, while the sites it calls still run.
+
+    Serve stops sending the ingress replicas new requests and gives those in
+    flight `gateway.shutdown_grace_s` (the deployment's graceful shutdown
+    timeout) before it stops them; then the rest can go.
+    """
+    import ray
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    if not ray.is_initialized():
+        return  # it never got as far as starting Ray
+    grace = config.gateway.shutdown_grace_s
+    progress(f"draining the gateway: up to {grace:g} s for the requests in flight")
+    started = time.monotonic()
+    try:
+        serve.delete(config.gateway.app_name)
+    except (RayServeException, TimeoutError) as exc:  # no Serve yet, or it took over 60 s
+        progress(f"gateway not drained ({exc}); shutting down")
+        return
+    progress(f"gateway drained in {time.monotonic() - started:.1f} s")
+
+
 def serve_standalone(config: FederationConfig, on_ready: Callable[[], None]) -> None:
     """Run the app under uvicorn in this process until SIGINT or SIGTERM."""
-    import uvicorn
-
     from serve_app.app import build_app
 
     if config.colocated_sites:
@@ -209,10 +236,23 @@ def serve_standalone(config: FederationConfig, on_ready: Callable[[], None]) -> 
             port=config.gateway.port,
             log_level="warning",
             access_log=False,
-            timeout_graceful_shutdown=5,
+            # On a signal uvicorn stops listening at once and waits this long for
+            # the requests in flight, streams included, before it cancels them.
+            timeout_graceful_shutdown=config.gateway.shutdown_grace_s,
+            http=functools.partial(
+                HeaderTimeoutProtocol, head_timeout_s=config.gateway.header_timeout_s
+            ),
         )
     )
 
+    def drained(signum: int, frame: object) -> None:
+        # uvicorn hands its signal back to the handler it found once it has drained,
+        # to end the process by it (status 143 for SIGTERM): this one lets the process
+        # exit 0 instead. One that comes before uvicorn has its own starts the drain.
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, drained)
+    signal.signal(signal.SIGINT, drained)
     listening = _listen(config.gateway.host, config.gateway.port)
 
     async def run() -> None:
@@ -232,6 +272,53 @@ def serve_standalone(config: FederationConfig, on_ready: Callable[[], None]) -> 
         listening.close()
     if not server.started:
         raise GatewayStartError("the gateway app failed to start (see the log above)")
+
+
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, closing a connection whose request head is late.
+
+    uvicorn has a keep-alive timeout, which any byte resets, and nothing for a
+    client that opens a connection and sends its headers a byte at a time, or
+    never: each such connection is held until the client goes. The deadline
+    runs from the connection's opening, and again from each answer's end, to
+    the end of the next request's headers.
+    """
+
+    def __init__(self, *args: Any, head_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.head_timeout_s = head_timeout_s
+        self._head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_head()
+
+    def on_headers_complete(self) -> None:
+        self._head_arrived()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_arrived()
+        super().connection_lost(exc)
+
+    def _await_head(self) -> None:
+        self._head_arrived()
+        self._head_deadline = self.loop.call_later(self.head_timeout_s, self._head_late)
+
+    def _head_arrived(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_late(self) -> None:
+        self._head_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 def _listen(host: str, port: int) -> socket.socket:

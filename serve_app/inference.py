@@ -15,21 +15,27 @@ import asyncio
 import json
 import time
 
+from pydantic_core import PydanticSerializationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from deployments.openai_errors import field_path, lone_surrogate_at
 from serve_app.access.policy import Principal
 from serve_app.access.ratelimit import RateLimiter
 from serve_app.config import FederationConfig
-from serve_app.errors import GatewayError
+from serve_app.errors import GatewayError, InvalidRequestError
 from serve_app.middleware import until_disconnected
-from serve_app.protocol import OpenAIModel, StreamOptions
+from serve_app.protocol import OpenAIModel, SamplingFields, StreamOptions
 from serve_app.routing.federation import Federation
 from serve_app.routing.forwarding import Forwarder
 from serve_app.routing.prefix_affinity import prefix_blocks
 from serve_app.store import UsageRecord
 from serve_app.usage.ledger import UsageLedger
 from serve_app.usage.metering import Meter
+
+# A token is about four characters of English (OpenAI's rule of thumb): the prompt's
+# share of a reservation, made before any tokenizer has seen it, and settled after.
+CHARS_PER_TOKEN = 4
 
 
 class InferenceService:
@@ -70,7 +76,8 @@ class InferenceService:
         meter.on_done = self._accountant(caller, path, request_id, body)
         try:
             self.federation.policy.require_model(caller, model)
-            await self.limiter.admit(caller.user, model)
+            tokens = self._tokens_to_reserve(body)
+            meter.reserved_tokens = await self.limiter.admit(caller.user, model, tokens)
 
             async def place_and_forward() -> Response:
                 # A caller held through a cold start may leave; the hold ends with it.
@@ -98,6 +105,21 @@ class InferenceService:
             return Response(status_code=499)
         return response
 
+    def _tokens_to_reserve(self, body: OpenAIModel) -> int:
+        """The most a request may use: its prompt, estimated, and every completion's limit."""
+        limits = self.config.limits
+        if limits is None:
+            return 0
+        prompt = len(_prompt_of(body)) // CHARS_PER_TOKEN + 1
+        if not isinstance(body, SamplingFields):  # an embedding: a prompt only
+            return prompt
+        completion = (
+            getattr(body, "max_completion_tokens", None)
+            or body.max_tokens
+            or limits.default_max_tokens
+        )
+        return prompt + completion * (body.n or 1)
+
     def _prefix(self, body: OpenAIModel) -> list[bytes] | None:
         """The prompt's block hashes, when placement follows prefixes."""
         if self.config.placement.policy != "prefix-aware":
@@ -116,7 +138,10 @@ class InferenceService:
                 options = options.model_copy(update={"include_usage": True})
                 body = body.model_copy(update={"stream_options": options})
         # Explicit nulls mean "default" in OpenAI's API; some servers choke on them.
-        payload = body.model_dump_json(exclude_none=True).encode()
+        try:
+            payload = body.model_dump_json(exclude_none=True).encode()
+        except PydanticSerializationError:
+            raise not_unicode(body) from None
         return payload, Meter(body.model, usage_requested=usage_requested, keep_content=keep)
 
     def _accountant(self, caller: Principal, path: str, request_id: str, body: OpenAIModel):
@@ -124,9 +149,11 @@ class InferenceService:
 
         def account(meter: Meter) -> None:
             self.metrics.request_done(meter, path, started)
-            if meter.total_tokens:
+            if meter.total_tokens or meter.reserved_tokens:
                 task = asyncio.ensure_future(
-                    self.limiter.record(caller.user, meter.model, meter.total_tokens)
+                    self.limiter.settle(
+                        caller.user, meter.model, meter.reserved_tokens, meter.total_tokens
+                    )
                 )
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
@@ -151,6 +178,16 @@ class InferenceService:
             )
 
         return account
+
+
+def not_unicode(body: OpenAIModel) -> InvalidRequestError:
+    """The 400 for a body that decoded from JSON but holds a string UTF-8 cannot carry."""
+    where = field_path(lone_surrogate_at(body.model_dump(exclude_none=True)) or ())
+    return InvalidRequestError(
+        f"Invalid request: {where or 'the body'}: a lone UTF-16 surrogate (such as "
+        "\\ud800) is not a character; send valid Unicode.",
+        param=where,
+    )
 
 
 def _prompt_of(body: OpenAIModel) -> str:

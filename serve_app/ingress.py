@@ -45,11 +45,11 @@ class RateLimitService:
     def __init__(self, limits: dict[str, Any]):
         self.book = LimitBook(LimitsConfig.model_validate(limits))
 
-    def admit(self, user: str, model: str) -> Refusal | None:
-        return self.book.admit(user, model, time.monotonic())
+    def admit(self, user: str, model: str, tokens: int) -> Refusal | None:
+        return self.book.admit(user, model, tokens, time.monotonic())
 
-    def record(self, user: str, model: str, tokens: int) -> None:
-        self.book.record(user, model, tokens, time.monotonic())
+    def settle(self, user: str, model: str, reserved: int, used: int) -> None:
+        self.book.settle(user, model, reserved, used, time.monotonic())
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
@@ -83,21 +83,22 @@ class ServeRateLimiter:
     def __init__(self, handle: DeploymentHandle):
         self.handle = handle
 
-    async def admit(self, user: str, model: str) -> None:
+    async def admit(self, user: str, model: str, tokens: int) -> int:
         try:
             refusal = await asyncio.wait_for(
-                self.handle.admit.remote(user, model), LIMITER_TIMEOUT_S
+                self.handle.admit.remote(user, model, tokens), LIMITER_TIMEOUT_S
             )
         except Exception as exc:  # any failure (a timeout too) lets the request through
             logger.warning("rate limiter unavailable (%s); admitting", type(exc).__name__)
-            return
+            return 0  # nothing reserved: its tokens are taken when it ends
         if refusal is not None:
             raise refuse(refusal)
+        return tokens
 
-    async def record(self, user: str, model: str, tokens: int) -> None:
+    async def settle(self, user: str, model: str, reserved: int, used: int) -> None:
         try:
             await asyncio.wait_for(
-                self.handle.record.remote(user, model, tokens), LIMITER_TIMEOUT_S
+                self.handle.settle.remote(user, model, reserved, used), LIMITER_TIMEOUT_S
             )
         except Exception as exc:  # a lost count must not fail the request
             logger.warning("rate limiter unavailable (%s); tokens not counted", type(exc).__name__)
@@ -121,5 +122,7 @@ def build_gateway_app(config: FederationConfig) -> Application:
         limiter = RateLimitService.bind(config.limits.model_dump(mode="json"))
     return FederatedIngress.options(
         autoscaling_config=config.gateway.autoscaling,
+        # What `drain_on_serve` waits for: requests in flight, streams included.
+        graceful_shutdown_timeout_s=config.gateway.shutdown_grace_s,
         ray_actor_options=_actor_options(config, num_cpus=1),
     ).bind(config.model_dump(mode="json"), limiter)

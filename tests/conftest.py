@@ -61,6 +61,7 @@ STANDALONE_CACHE_S = 3.0
 # Users with limits of their own (the defaults are high so other tests never meet them).
 BURST_USER, BURST_RATE = "burst-tester", 10.0
 CAPPED_USER, CAPPED_TOKENS_PER_MIN = "capped-tester", 40
+BUDGET_USER, BUDGET_TOKENS_PER_MIN = "budget-tester", 3000
 
 
 def access_config(store_path: Path) -> dict:
@@ -80,6 +81,7 @@ def access_config(store_path: Path) -> dict:
             "users": {
                 BURST_USER: {"requests_per_s": BURST_RATE},
                 CAPPED_USER: {"tokens_per_min": CAPPED_TOKENS_PER_MIN},
+                BUDGET_USER: {"tokens_per_min": BUDGET_TOKENS_PER_MIN},
             },
         },
         "store": {"path": str(store_path)},

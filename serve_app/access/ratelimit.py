@@ -2,11 +2,15 @@
 
 - Requests: each user's bucket holds `burst` requests and refills at
   `requests_per_s`; a request takes one or is refused.
-- Tokens: a request's token count is known only once it ends, so a request
-  is let in while the user's (and the model's) token bucket is not in debt,
-  and its prompt plus completion tokens are taken afterwards, which may run
-  the bucket into debt; the debt is what makes the next requests wait. This
-  is how LiteLLM and FIRST meter tokens per minute.
+- Tokens: at admission a request reserves what it may use, its prompt
+  (estimated from its characters: no tokenizer here) plus its `max_tokens`,
+  from the user's and the model's token buckets, all or none; it is
+  refused while a bucket lacks that much. When it ends the difference is
+  settled: unused tokens go back, a prompt longer than estimated is taken.
+  Reserving at admission is what keeps concurrent requests from passing a
+  limit together: checking a bucket at admission and taking the tokens
+  only at the end (LiteLLM's and FIRST's design) let a burst of 64
+  requests through at 2.5x the budget before the first was counted.
 
 The buckets (`LimitBook`) are pure and keyed by user and model. Limits must
 hold across every ingress replica, so on Ray Serve one `LimitBook` lives in
@@ -64,26 +68,34 @@ class LimitBook:
         self._user_tokens: dict[str, TokenBucket] = {}
         self._model_tokens: dict[str, TokenBucket] = {}
 
-    def admit(self, user: str, model: str, now: float) -> Refusal | None:
-        """Take one request for `user` on `model`, or say why not."""
+    def admit(self, user: str, model: str, tokens: int, now: float) -> Refusal | None:
+        """Take one request for `user` on `model` and reserve `tokens` for it, or say why not.
+
+        A reservation larger than a whole bucket waits until that bucket is
+        full, and then takes it into debt: it is let in once a minute's
+        worth of tokens is there, instead of never.
+        """
         mine = self._limits_of(user)
         if mine.requests_per_s is not None:
             burst = self.limits.burst or max(mine.requests_per_s, 1.0)
             bucket = _bucket(self._requests, user, mine.requests_per_s, burst, now)
             if bucket.level < 1:
                 return _refusal(f"{user} is over {mine.requests_per_s:g} requests/s", bucket, 1)
-        tokens = self._token_buckets(user, model, now)
-        for what, bucket in tokens:
-            if bucket.level < 0:
-                return _refusal(what, bucket, 0)
+        buckets = self._token_buckets(user, model, now)
+        for what, bucket in buckets:
+            needed = min(tokens, bucket.capacity)
+            if bucket.level < needed:
+                return _refusal(f"{what}; this request may use {tokens}", bucket, needed)
         if mine.requests_per_s is not None:
             self._requests[user].level -= 1
+        for _, bucket in buckets:
+            bucket.level -= tokens
         return None
 
-    def record(self, user: str, model: str, tokens: int, now: float) -> None:
-        """Take a finished request's tokens from the user's and the model's buckets."""
+    def settle(self, user: str, model: str, reserved: int, used: int, now: float) -> None:
+        """A request that reserved `reserved` tokens at admission ended having used `used`."""
         for _, bucket in self._token_buckets(user, model, now):
-            bucket.level -= tokens
+            bucket.level = min(bucket.capacity, bucket.level + reserved - used)
 
     def _limits_of(self, user: str) -> UserLimitsConfig:
         """The user's effective limits, worked out once: every request asks."""
@@ -129,12 +141,12 @@ def refuse(refusal: Refusal) -> RateLimitError:
 
 
 class RateLimiter(Protocol):
-    """Admission before a request, its token count after."""
+    """Admission with a token reservation before a request, its settlement after."""
 
-    async def admit(self, user: str, model: str) -> None:
-        """Raise RateLimitError (429) if `user` must wait."""
+    async def admit(self, user: str, model: str, tokens: int) -> int:
+        """Raise RateLimitError (429) if `user` must wait; else the tokens reserved."""
 
-    async def record(self, user: str, model: str, tokens: int) -> None: ...
+    async def settle(self, user: str, model: str, reserved: int, used: int) -> None: ...
 
 
 class LocalRateLimiter:
@@ -143,20 +155,21 @@ class LocalRateLimiter:
     def __init__(self, limits: LimitsConfig):
         self.book = LimitBook(limits)
 
-    async def admit(self, user: str, model: str) -> None:
-        refusal = self.book.admit(user, model, time.monotonic())
+    async def admit(self, user: str, model: str, tokens: int) -> int:
+        refusal = self.book.admit(user, model, tokens, time.monotonic())
         if refusal is not None:
             raise refuse(refusal)
+        return tokens
 
-    async def record(self, user: str, model: str, tokens: int) -> None:
-        self.book.record(user, model, tokens, time.monotonic())
+    async def settle(self, user: str, model: str, reserved: int, used: int) -> None:
+        self.book.settle(user, model, reserved, used, time.monotonic())
 
 
 class NoRateLimiter:
     """`limits: null` in the config."""
 
-    async def admit(self, user: str, model: str) -> None:
-        return None
+    async def admit(self, user: str, model: str, tokens: int) -> int:
+        return 0
 
-    async def record(self, user: str, model: str, tokens: int) -> None:
+    async def settle(self, user: str, model: str, reserved: int, used: int) -> None:
         return None

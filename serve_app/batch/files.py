@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployments.batch_jobs import BatchResult
-from deployments.openai_errors import describe_request_errors, field_path
+from deployments.openai_errors import describe_request_errors, field_path, lone_surrogate_at
 from serve_app.batch.protocol import BatchEndpoint
 from serve_app.errors import GatewayError, InvalidRequestError
 from serve_app.protocol import (
@@ -93,6 +93,14 @@ def parse_line(raw: str, number: int) -> BatchInputLine:
             f"Line {number} is not JSON ({exc.msg}); the file must be JSONL, one request per line.",
             param="file",
         ) from None
+    except RecursionError:
+        raise InvalidFileError(f"Line {number} is nested too deeply.", param="file") from None
+    # A surrogate can only come in as a JSON escape: look further only when one may be there.
+    if "\\ud" in raw.lower() and (location := lone_surrogate_at(data)) is not None:
+        where = ".".join(str(part) for part in location) or "line"
+        raise InvalidFileError(
+            f"Line {number}: {where}: a lone UTF-16 surrogate is not a character.", param="file"
+        )
     try:
         return BatchInputLine.model_validate(data)
     except ValidationError as exc:

@@ -46,6 +46,7 @@ def gateway_up(
     from serve_app.config import FederationConfig, load_federation
     from serve_app.hosting import (
         bring_up_on_serve,
+        drain_on_serve,
         gateway_url,
         serve_app_names,
         serve_standalone,
@@ -79,11 +80,14 @@ def gateway_up(
         echo(f"serving standalone on {url}")
         serve_standalone(config, announce)
         return
-    serve_until_signal(
-        lambda: bring_up_on_serve(config, timeout_s, echo),
-        announce,
-        lambda: shut_down(config.gateway.ray, serve_app_names(config)),
-    )
+
+    def stop() -> None:
+        try:
+            drain_on_serve(config, echo)
+        finally:  # a second Ctrl-C ends the drain, not the shutdown
+            shut_down(config.gateway.ray, serve_app_names(config))
+
+    serve_until_signal(lambda: bring_up_on_serve(config, timeout_s, echo), announce, stop)
 
 
 def _banner_key(config, user: str, given: str | None) -> str:

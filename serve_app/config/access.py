@@ -115,13 +115,23 @@ class LimitsConfig(StrictConfig):
         60_000, gt=0, description="Prompt plus completion tokens per minute per user."
     )
     model_tokens_per_min: int | None = Field(
-        100_000, gt=0, description="Tokens per minute per model, all users together."
+        None,
+        gt=0,
+        description="Tokens per minute per model, all users together (none by default: "
+        "one busy GPU can produce more than any figure that fits every model).",
     )
     users: dict[str, UserLimitsConfig] = Field(
         default_factory=dict, description="Limits for particular users (service accounts)."
     )
     models: dict[str, int] = Field(
         default_factory=dict, description="Tokens per minute for particular models."
+    )
+    default_max_tokens: int = Field(
+        1024,
+        ge=1,
+        description="Completion tokens that a request which sets no max_tokens reserves at "
+        "admission; what it did not use goes back when it ends (and more is taken if it "
+        "used more).",
     )
 
     def for_user(self, user: str) -> UserLimitsConfig:

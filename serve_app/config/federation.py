@@ -141,6 +141,22 @@ class GatewayConfig(StrictConfig):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection that has not sent a whole request head (the request line "
+        "and headers) this long after it opened, or after its last answer, is closed, so "
+        "clients that never finish (slowloris) hold no connection (standalone hosting; on "
+        "Serve, its ingress decides).",
+    )
+    shutdown_grace_s: float = Field(
+        20.0,
+        ge=0,
+        description="On SIGTERM or Ctrl-C the gateway takes no new requests and gives those "
+        "in flight, streams included, this long to finish before it exits with status 0. "
+        "20 s is Serve's own default, and leaves the rest of the 30 s that Slurm (KillWait) "
+        "and Kubernetes wait before SIGKILL for shutting the rest down.",
+    )
 
     @field_validator("autoscaling")
     @classmethod

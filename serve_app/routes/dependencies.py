@@ -9,9 +9,16 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import get_flat_dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.responses import JSONResponse
 
+from deployments.openai_errors import validation_error_handler
 from serve_app.access.policy import Principal
 from serve_app.batch.service import BatchService
+from serve_app.errors import GatewayError, gateway_error_handler
 from serve_app.inference import InferenceService
 from serve_app.routing.federation import Federation
 from serve_app.services import Services
@@ -40,6 +47,26 @@ async def batches_of(services: ServicesDep) -> BatchService:
 async def caller_of(services: ServicesDep, request: Request) -> Principal:
     """Who is calling: 401/403/503 before any route runs if the credential does not do."""
     return await services.authenticator.authenticate(request.headers.get("authorization"))
+
+
+async def credential_before_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A bad body on a route that needs a caller: the credential is checked first.
+
+    FastAPI parses the body before it runs any dependency, so without this a
+    caller with no valid credential would learn what its body lacks (400)
+    before being told it may not call at all (401).
+    """
+    route = request.scope.get("route")
+    if isinstance(route, APIRoute) and _needs_caller(route.dependant):
+        try:
+            await caller_of(Services.of(request), request)
+        except GatewayError as refused:
+            return await gateway_error_handler(request, refused)
+    return await validation_error_handler(request, exc)
+
+
+def _needs_caller(dependant: Dependant) -> bool:
+    return any(d.call is caller_of for d in get_flat_dependant(dependant).dependencies)
 
 
 async def pinned_site(

@@ -3,10 +3,15 @@
 One pooled `aiohttp.ClientSession` per site: under concurrency it measured
 several times faster than `httpx` here, whose connection pool checks every
 pooled connection on each request (bench/README.md). A request goes to the sites in the
-order placement chose; a site that fails before its response starts
-(refused, reset, timed out, or 502/503/504) is skipped for the next, and its
-circuit breaker hears of it. Once a site has started answering, the answer
-is the site's: streams pass through chunk by chunk as they arrive, and a
+order placement chose; a site that fails before it has the request
+(refused, reset, or 502/503/504) is skipped for the next, and its circuit
+breaker hears of it. A site that has the request but has not answered
+within `first_byte_s` is neither: it may still be generating (a long
+non-streaming answer sends its headers only at the end), so the request
+is not sent a second time elsewhere, the caller gets a 504, and a slow
+site is not counted as a failed one. Once a site has started answering,
+the answer is the site's: streams pass through chunk by chunk as they
+arrive, a silence longer than `read_s` between two chunks ends them, and a
 stream that the site cuts ends with one OpenAI error event, never a hang.
 Non-streaming answers are small and read whole, so a non-OpenAI error body
 can be replaced by a proper envelope, and a site's own 500 becomes a 502
@@ -46,9 +51,9 @@ SITE_ERRORS = (aiohttp.ClientError, TimeoutError)
 def build_site_client(state: SiteState) -> aiohttp.ClientSession:
     timeouts = state.config.timeouts
     return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.read_s
-        ),
+        # No sock_read: it would also bound the wait for the headers, which is
+        # first_byte_s's (`_send`); the silence within a stream is `_stream`'s.
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s),
         # Hundreds of concurrent streams per site are normal: no cap, keep connections.
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
         headers={"content-type": "application/json"},
@@ -121,15 +126,25 @@ class Forwarder:
                 ),
                 state.config.timeouts.first_byte_s,
             )
-        except SITE_ERRORS as exc:
+        except aiohttp.ClientError as exc:
             state.request_ended(model)
             state.breaker.record_failure(time.monotonic())
-            timed_out = isinstance(exc, TimeoutError)
+            timed_out = isinstance(exc, TimeoutError)  # connecting took longer than connect_s
             self.metrics.retry(state.name, "timeout" if timed_out else "connection")
             attempt.timed_out |= timed_out
             attempt.failures.append(f"{state.name}: {_describe(exc)}")
-            logger.warning("site %s failed before answering: %s", state.name, _describe(exc))
+            logger.warning("site %s failed before answering: %r", state.name, exc)
             return None
+        except TimeoutError:
+            # The site has the request and may still be working on it: not a failure
+            # of the site, and not a reason to have another site generate it again.
+            state.request_ended(model)
+            state.breaker.abandon()
+            limit = state.config.timeouts.first_byte_s
+            logger.warning("site %s did not answer within %.0f s", state.name, limit)
+            raise UpstreamTimeoutError(
+                f"Site {state.name} did not start its answer within {limit:g} s."
+            ) from None
         except BaseException:
             # The client went away while we waited: no verdict on the site.
             state.request_ended(model)
@@ -162,8 +177,9 @@ class Forwarder:
             remaining = state.config.timeouts.total_s
             content = await asyncio.wait_for(response.read(), remaining)
         except SITE_ERRORS as exc:
+            logger.warning("site %s broke off its answer: %r", state.name, exc)
             raise UpstreamError(
-                f"Site {state.name} broke off its answer: {_describe(exc)}."
+                f"Site {state.name} broke off its answer ({_describe(exc)})."
             ) from None
         finally:
             state.request_ended(model)
@@ -185,12 +201,19 @@ class Forwarder:
     async def _stream(
         self, state: SiteState, response: aiohttp.ClientResponse, meter: Meter
     ) -> AsyncIterator[bytes]:
-        deadline = time.monotonic() + state.config.timeouts.total_s
+        timeouts = state.config.timeouts
+        deadline = time.monotonic() + timeouts.total_s
         model = meter.model
         finished = False
         status = 499  # unless the client gets it all, or the site breaks it off
+        content = response.content
         try:
-            async for chunk in response.content.iter_any():
+            while True:
+                # Only the wait for the site: not the time the client takes to read.
+                async with asyncio.timeout(timeouts.read_s):
+                    chunk = await content.readany()
+                if not chunk:
+                    break
                 if meter.first_byte_at is None:
                     meter.first_byte_at = time.monotonic()
                 yield chunk
@@ -206,8 +229,8 @@ class Forwarder:
         except SITE_ERRORS as exc:
             status = 502
             state.breaker.record_failure(time.monotonic())
-            message = f"Site {state.name} broke off the stream: {_describe(exc)}."
-            logger.warning(message)
+            logger.warning("site %s broke off a stream: %r", state.name, exc)
+            message = f"Site {state.name} broke off the stream ({_describe(exc)})."
             yield UpstreamError(message).sse_event()
         finally:
             state.request_ended(model)
@@ -232,6 +255,15 @@ def _openai_error_message(content: bytes) -> str | None:
 
 
 def _describe(exc: BaseException) -> str:
+    """What went wrong, in words a caller can use: the library's names stay in the log."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "connecting timed out"
     if isinstance(exc, TimeoutError):
-        return f"timed out ({type(exc).__name__})"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return "it went silent"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "could not connect"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "it closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the answer was cut short"
+    return "the connection failed"

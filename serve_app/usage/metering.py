@@ -30,6 +30,8 @@ class Meter:
     status: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # What the token limits reserved for it at admission, settled when it ends.
+    reserved_tokens: int = 0
     completion_parts: list[str] = field(default_factory=list)
     # When a stream's first event arrived (monotonic): its time to first token.
     first_byte_at: float | None = None

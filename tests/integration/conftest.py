@@ -98,6 +98,8 @@ def _site_config(name: str, models: list[dict]) -> dict:
 class Federation:
     gateway_url: str
     sites: dict[str, SimulatedSite]
+    gateway: FirstProcess
+    config: dict  # the gateway's, as started: a test may start another gateway like it
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +138,7 @@ def federation(tmp_path_factory) -> Iterator[Federation]:
         # On another port if something took its port meanwhile (the sites' Ray
         # processes bind ephemeral ports while they start).
         gateway, url = start_standalone_gateway(config, workdir / "federation.yaml", "gateway")
-        yield Federation(url, sites)
+        yield Federation(url, sites, gateway, config)
     finally:
         if gateway is not None:
             gateway.stop()

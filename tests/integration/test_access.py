@@ -115,6 +115,30 @@ def test_missing_malformed_or_oversized_authorization_gets_401(stack, header):
     assert "x-first-site" not in response.headers
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"{not json", "application/json"),
+        (b'{"model": 7}', "application/json"),
+        (b"model=x", "application/x-www-form-urlencoded"),
+    ],
+    ids=["not-json", "invalid", "not-a-json-body"],
+)
+def test_no_credential_gets_401_before_the_body_is_judged(stack, body, content_type):
+    with stack.http() as http:
+        http.headers.pop("authorization")
+        response = http.post(
+            "/v1/chat/completions", content=body, headers={"content-type": content_type}
+        )
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["type"] == "authentication_error"
+    with stack.http() as http:  # with its key, the caller learns what is wrong with the body
+        response = http.post(
+            "/v1/chat/completions", content=body, headers={"content-type": content_type}
+        )
+    assert response.status_code in (400, 415), response.text
+
+
 def test_unknown_api_key_gets_401(stack):
     with pytest.raises(openai.AuthenticationError, match="Unknown API key"):
         stack.client("first-not-a-key").models.list()

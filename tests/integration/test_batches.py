@@ -237,6 +237,12 @@ def test_bad_uploads_are_refused_naming_the_line(stack):
         unknown = request_line("a", chat("hi"), url="/v1/images/generations").encode()
         refused(post_file(http, unknown), 400, "file", "Line 1", "url")
         refused(post_file(http, b"\n\n"), 400, "file", "no requests")
+        deep = ("[" * 10_000 + "]" * 10_000).encode()
+        refused(post_file(http, f"{good}\n".encode() + deep), 400, "file", "Line 2", "nested")
+        # json.dumps escapes it: "\ud800", valid JSON, and no UTF-8 can carry it.
+        surrogate = request_line("b", chat("a\ud800b")).encode()
+        where = "body.messages.0.content"
+        refused(post_file(http, surrogate), 400, "file", "Line 1", where, "surrogate")
         refused(post_file(http, good.encode(), purpose="fine-tune"), 400, "purpose", "batch")
         no_file = http.post("/v1/files", data={"purpose": "batch"}, files={"x": ("a", b"b")})
         refused(no_file, 400, "file", "file")

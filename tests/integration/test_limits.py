@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import BURST_RATE, BURST_USER, CAPPED_USER, INSIDERS, MEMBERS, SIMULATED_MODEL
+from tests.conftest import (
+    BUDGET_TOKENS_PER_MIN,
+    BUDGET_USER,
+    BURST_RATE,
+    BURST_USER,
+    CAPPED_USER,
+    INSIDERS,
+    MEMBERS,
+    SIMULATED_MODEL,
+)
 from tests.support.waiting import eventually
 
 ONE_TOKEN = {"model": SIMULATED_MODEL, "prompt": "hi", "max_tokens": 1}
@@ -48,6 +58,32 @@ def test_a_burst_is_held_to_the_configured_rate_across_replicas(stack):
     assert statuses.count(429) > admitted, "the offered load was not over the limit"
     assert abs(admitted - expected) <= 0.05 * expected, (admitted, expected)
     assert retry_afters and all(int(r) >= 1 for r in retry_afters)
+
+
+def test_concurrent_requests_cannot_overrun_a_token_limit_together(stack):
+    """64 at once, up to 100 tokens each, against 3,000 tokens/min: each reserves what it
+    may use at admission, so those let in fit the budget (checking at admission and
+    counting at the end let all 64 through, 2.5x the budget)."""
+    key = stack.key(BUDGET_USER, [MEMBERS, INSIDERS])
+    body = {"model": SIMULATED_MODEL, "prompt": "count to a hundred", "max_tokens": 100}
+
+    def send(_: int) -> tuple[int, int]:
+        with stack.http(key) as http:
+            response = http.post("/v1/completions", json=body)
+        used = response.json()["usage"]["total_tokens"] if response.status_code == 200 else 0
+        return response.status_code, used
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(send, range(64)))
+    took = time.monotonic() - started
+    statuses = [status for status, _ in results]
+    assert set(statuses) <= {200, 429}, statuses
+    assert 429 in statuses and 200 in statuses
+    admitted = sum(used for _, used in results)
+    # The budget, plus what refilled while the burst ran (and settling handed back).
+    allowed = BUDGET_TOKENS_PER_MIN * 1.05 + BUDGET_TOKENS_PER_MIN / 60 * took
+    assert admitted <= allowed, (admitted, allowed, took)
 
 
 def test_tokens_per_minute_are_counted_after_the_request(stack):

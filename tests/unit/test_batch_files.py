@@ -45,6 +45,11 @@ def test_a_good_file_counts_its_requests_and_skips_blank_lines():
         (f"{line('a')}\n{line('a')}".encode(), ["Line 2", "'a'", "line 1"]),
         (b"   \n", ["no requests"]),
         ("\n".join(line(str(i)) for i in range(4)).encode(), ["more than 3"]),
+        (f"{line('a')}\n{'[' * 10_000}{']' * 10_000}".encode(), ["Line 2", "nested too deeply"]),
+        (
+            line(model="m", messages=[{"role": "user", "content": "a\ud800b"}]).encode(),
+            ["Line 1", "body.messages.0.content", "surrogate"],
+        ),
     ],
 )
 def test_a_bad_file_is_refused_naming_the_line(content, words):

@@ -7,6 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from deployments.openai_errors import lone_surrogate_at
 from serve_app.protocol import ChatCompletionRequest, CompletionRequest
 
 
@@ -85,3 +86,18 @@ def test_out_of_range_sampling_fields_stop_at_the_gateway(fields):
 @pytest.mark.parametrize("prompt", ["once", ["a", "b"], [1, 2], [[1], [2]]])
 def test_every_openai_prompt_shape_is_accepted(prompt):
     CompletionRequest.model_validate({"model": "m", "prompt": prompt})
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ("plain", None),
+        ("naïve ✓ 😀", None),
+        ("a\ud800b", ()),
+        ({"messages": [{"content": "ok"}, {"content": "\udfff"}]}, ("messages", 1, "content")),
+        ({"prompt": ["ok", 3, None, "x\ud83dy"]}, ("prompt", 3)),
+        ({"n": 1, "stop": None}, None),
+    ],
+)
+def test_a_lone_surrogate_is_found_where_it_is(value, where):
+    assert lone_surrogate_at(value) == where

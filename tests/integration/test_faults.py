@@ -1,0 +1,231 @@
+"""The gateway under slow sites, hostile input and a shutdown mid-request.
+
+Real sites (`first site up`, simulated engines; the federation fixture's
+east and west), real gateways, real HTTP. sim-skew on west takes 200 ms to
+its first token and 40 ms for each next one, so its answers are as slow as
+a test needs: 300 tokens take about 12 s, longer than the fixture's
+`read_s` (10 s) and shorter than its `first_byte_s` (30 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import free_port, private_ray_temp
+from tests.support.processes import FirstProcess, start_standalone_gateway
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow
+HELLO = [{"role": "user", "content": "Hello"}]
+SLOW = "sim-skew"  # on west: 200 ms + 40 ms per token
+CHAT = "/v1/chat/completions"
+
+
+def post_raw(url: str, body: dict, timeout_s: float = 30) -> httpx.Response:
+    """`body` as JSON with every non-ASCII character escaped, so a lone surrogate
+    goes out as the escape `\\ud800` (valid JSON that no UTF-8 can carry)."""
+    content = json.dumps(body).encode()
+    headers = {"content-type": "application/json"}
+    return httpx.post(url, content=content, headers=headers, timeout=timeout_s)
+
+
+def unhandled_errors(log: Path, since: int) -> str:
+    text = log.read_text(errors="replace")[since:]
+    return "\n".join(line for line in text.splitlines() if "Traceback" in line or "ERROR" in line)
+
+
+def test_strings_no_utf8_can_carry_get_400_naming_the_field(federation):
+    url = federation.gateway_url
+    log = federation.gateway.log_path
+    since = len(log.read_text(errors="replace"))
+    bad = "a\ud800b"
+    call = {"id": "call-1", "type": "function", "function": {"name": "f", "arguments": bad}}
+    cases = [
+        (CHAT, {"messages": [{"role": "user", "content": bad}]}, "messages.0.content"),
+        (
+            CHAT,
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": "call-1", "content": "42"},
+                ]
+            },
+            "messages.1.tool_calls.0.function.arguments",
+        ),
+        ("/v1/completions", {"prompt": bad}, "prompt"),
+        ("/v1/completions", {"prompt": ["fine", bad]}, "prompt.1"),
+    ]
+    for path, fields, param in cases:
+        response = post_raw(f"{url}{path}", {"model": "sim-fast", "max_tokens": 2, **fields})
+        assert response.status_code == 400, (path, response.text)
+        error = response.json()["error"]
+        assert error["param"] == param, error
+        assert error["type"] == "invalid_request_error"
+        assert "surrogate" in error["message"]
+    # The same requests in valid Unicode are served.
+    fine = post_raw(f"{url}{CHAT}", {"model": "sim-fast", "max_tokens": 2, "messages": HELLO})
+    assert fine.status_code == 200, fine.text
+    assert unhandled_errors(log, since) == ""
+
+
+def test_a_non_streaming_answer_slower_than_read_s_is_awaited(federation):
+    """read_s bounds the silence between chunks of a started answer, not the wait for
+    the headers: a non-streaming answer sends them only once it is generated."""
+    started = time.monotonic()
+    response = httpx.post(
+        f"{federation.gateway_url}/sites/west{CHAT}",
+        json={"model": SLOW, "messages": HELLO, "max_tokens": 300},
+        timeout=60,
+    )
+    took = time.monotonic() - started
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 300
+    assert took > federation.config["sites"][0]["timeouts"]["read_s"], took
+
+
+@pytest.fixture
+def impatient_gateway(federation, tmp_path):
+    """A second gateway in front of the same sites that waits only 2 s for an answer to
+    start, opens a site's circuit at its first failure, and 1 s for a request's headers."""
+    config = copy.deepcopy(federation.config)
+    config["store"] = {"path": str(tmp_path / "first.db")}
+    config["circuit_breaker"] = {"failure_threshold": 1, "open_s": 60}
+    config["gateway"] = {"header_timeout_s": 1}
+    for site in config["sites"]:
+        site["timeouts"]["first_byte_s"] = 2
+    gateway, url = start_standalone_gateway(config, tmp_path / "impatient.yaml", "impatient")
+    yield url
+    gateway.stop()
+
+
+def test_a_site_that_has_the_request_but_is_slow_is_neither_failed_nor_retried(
+    impatient_gateway,
+):
+    url = impatient_gateway
+    body = {"model": SLOW, "messages": HELLO, "max_tokens": 100}  # about 4 s on west
+    for _ in range(2):
+        started = time.monotonic()
+        response = httpx.post(f"{url}/sites/west{CHAT}", json=body, timeout=30)
+        assert response.status_code == 504, response.text
+        assert "did not start its answer within 2 s" in response.json()["error"]["message"]
+        assert time.monotonic() - started < 4
+    sites = {s["name"]: s for s in httpx.get(f"{url}/health", timeout=10).json()["sites"]}
+    assert sites["west"]["circuit"] == "closed", sites["west"]
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    retried = [line for line in metrics.splitlines() if line.startswith("first_site_retries")]
+    assert retried == [], retried
+
+
+def test_connections_that_never_finish_their_headers_are_closed(impatient_gateway):
+    url = impatient_gateway
+    address = httpx.URL(url)
+    opened = time.monotonic()
+    idle = [socket.create_connection((address.host, address.port)) for _ in range(100)]
+    partial = [socket.create_connection((address.host, address.port)) for _ in range(100)]
+    for connection in partial:
+        connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    trickle = socket.create_connection((address.host, address.port))
+    trickle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    try:
+        # Meanwhile a normal request is answered.
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+        # A byte every 0.3 s (each would reset a keep-alive timer) until the gateway hangs up.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while time.monotonic() < opened + 10:
+                trickle.sendall(b"x")
+                time.sleep(0.3)
+        for connection in [*idle, *partial, trickle]:
+            connection.settimeout(max(opened + 10 - time.monotonic(), 0.1))
+            with contextlib.suppress(ConnectionResetError):
+                assert connection.recv(1024) == b""  # closed by the gateway
+    finally:
+        for connection in [*idle, *partial, trickle]:
+            connection.close()
+
+
+def drain_and_check(process: FirstProcess, url: str, grace_s: float) -> None:
+    """SIGTERM `process` while a stream of about 4 s is in flight: the stream ends whole,
+    new requests are turned away meanwhile, and the process exits 0 within the grace."""
+    body = {"model": SLOW, "messages": HELLO, "max_tokens": 100, "stream": True}
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream("POST", f"{url}/sites/west{CHAT}", json=body) as stream,
+    ):
+        assert stream.status_code == 200
+        lines = stream.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        assert "chat.completion.chunk" in first
+        process.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+
+        def turned_away() -> bool:
+            # Standalone: uvicorn no longer listens. On Serve: the proxy still does,
+            # but the gateway's application is gone from its routes.
+            try:
+                return httpx.get(f"{url}/health", timeout=2).status_code != 200
+            except httpx.TransportError:
+                return True
+
+        eventually(turned_away, 5, "the gateway to turn new requests away", interval_s=0.1)
+        rest = list(lines)
+    events = [line for line in rest if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]", events[-3:]
+    assert not any('"error"' in line for line in events), events[-3:]
+    try:
+        status = process.process.wait(timeout=grace_s + 30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {grace_s + 30} s after SIGTERM")
+    assert status == 0, process.log_path.read_text()[-2000:]
+    assert time.monotonic() - signalled < grace_s + 30
+
+
+def test_sigterm_drains_the_standalone_gateway(federation, tmp_path):
+    config = copy.deepcopy(federation.config)
+    config["store"] = {"path": str(tmp_path / "first.db")}
+    config["gateway"] = {"shutdown_grace_s": 30}
+    gateway, url = start_standalone_gateway(config, tmp_path / "drained.yaml", "drained")
+    try:
+        drain_and_check(gateway, url, 30)
+    finally:
+        gateway.stop()
+
+
+def test_sigterm_drains_the_gateway_on_serve(federation, tmp_path):
+    """`first gateway up` on its own Ray cluster, in front of the same sites."""
+    config = copy.deepcopy(federation.config)
+    config["store"] = {"path": str(tmp_path / "first.db")}
+    ray_temp = private_ray_temp()
+    config["gateway"] = {
+        "port": free_port(),
+        "shutdown_grace_s": 30,
+        "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+        "ray": {
+            "num_cpus": 4,
+            "dashboard_port": free_port(),
+            "metrics_export_port": free_port(),
+            "temp_dir": str(ray_temp),
+        },
+    }
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    gateway = FirstProcess.start(["gateway", "up", "--config", str(path)], tmp_path, "serve")
+    try:
+        url = gateway.wait_ready(300)
+        drain_and_check(gateway, url, 30)
+        assert "gateway drained in" in gateway.log_path.read_text()
+    finally:
+        gateway.stop()
+        shutil.rmtree(ray_temp, ignore_errors=True)
