@@ -21,7 +21,7 @@ LITELLM_VENV := .first/litellm-venv
 LITELLM_VERSION := 1.108.7
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
 
-.PHONY: install dev-slurm prometheus run run-slurm monitor test test-fast test-haproxy lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics clean
+.PHONY: install dev-slurm prometheus run run-slurm monitor test test-fast test-haproxy lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics bench-request-cost clean
 
 install: $(STAMP)
 
@@ -129,6 +129,9 @@ bench-batch: install $(TINY_MODEL)/config.json
 
 bench-metrics: install wrk
 	$(BIN)/python -m bench.metrics_bench --out bench/results/metrics.json
+
+bench-request-cost: install wrk
+	$(BIN)/python -m bench.request_cost_bench --out bench/results/request_cost.json
 
 clean:
 	rm -rf $(VENV) .first .pytest_cache

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -47,7 +48,6 @@ from bench.gateway_bench import (
 from serve_app.metrics import MULTIPROCESS_DIR_VARIABLE
 from tests.support.processes import FirstProcess, free_port, start_standalone_gateway
 
-VARIANTS = ("off", "on", "on-multiprocess")
 CHAT = "/sites/fixed/v1/chat/completions"
 
 
@@ -60,18 +60,17 @@ def scrape_every_second(urls: list[str], stop: threading.Event) -> None:
 
 
 def start_gateways(
-    workdir: Path, standalone: dict, firsts: list[FirstProcess]
+    workdir: Path,
+    standalone: dict,
+    firsts: list[FirstProcess],
+    variants: dict[str, tuple[dict, dict[str, str]]],
 ) -> dict[str, Target]:
-    """The three standalone gateways, answering; their targets by variant."""
+    """One standalone gateway per variant (its config changes, its environment), answering;
+    their targets by variant, in the variants' order."""
     urls: dict[str, str] = {}
-    for variant in VARIANTS:
-        env = {}
-        if variant == "on-multiprocess":
-            samples = workdir / "samples"
-            samples.mkdir()
-            env[MULTIPROCESS_DIR_VARIABLE] = str(samples)
+    for variant, (changes, env) in variants.items():
         process, urls[variant] = start_standalone_gateway(
-            {**standalone, "metrics": {"enabled": variant != "off"}},
+            {**standalone, **changes},
             workdir / f"federation-{variant}.yaml",
             variant,
             env=env,
@@ -86,13 +85,53 @@ def start_gateways(
     return targets
 
 
+@contextlib.contextmanager
+def gateways_on_a_fixed_backend(
+    name: str, variants: dict[str, tuple[dict, dict[str, str]]]
+) -> Iterator[tuple[Path, dict[str, Target]]]:
+    """The fixed backend, the Serve-hosted stack for the sites' status, and one standalone
+    gateway per variant in front of the backend, answering; all stopped afterwards.
+
+    An environment variable set to "" in a variant is given a folder of its own (the
+    multiprocess metrics' samples).
+    """
+    workdir = Path(tempfile.mkdtemp(prefix=f"first-bench-{name}-"))
+    ray_temp = tempfile.mkdtemp(prefix="first-bench-", dir="/tmp")
+    fixed_port = free_port()
+    fixed_url = f"http://127.0.0.1:{fixed_port}"
+    serve_path, standalone = federation_files(workdir, fixed_url, ray_temp, haproxy=False)
+    for variant, (_, env) in variants.items():
+        for key in [k for k, v in env.items() if v == ""]:
+            env[key] = str(workdir / f"{variant}-{key.lower()}")
+            Path(env[key]).mkdir()
+    fixed = Background.start(
+        "fixed",
+        [sys.executable, "-m", "bench.fixed_backend", "--port", str(fixed_port)],
+        workdir,
+    )
+    firsts: list[FirstProcess] = []
+    try:
+        log(f"starting the Serve-hosted stack (the sites' status), workdir {workdir}")
+        serve = start_serve_stack(serve_path, workdir)
+        firsts.append(serve)
+        serve.wait_ready(600)
+        yield workdir, start_gateways(workdir, standalone, firsts, variants)
+    finally:
+        for process in reversed(firsts):
+            process.stop()
+        fixed.stop()
+        shutil.rmtree(ray_temp, ignore_errors=True)
+
+
 def measure(args, targets: dict[str, Target], workdir: Path) -> dict[tuple[str, int], list]:
+    """Every variant at every concurrency, `args.repeats` interleaved rounds."""
+    variants = list(targets)
     runs: dict[tuple[str, int], list[dict]] = {}
     for repeat in range(args.repeats):
         for concurrency in args.concurrency:
             # Rotate the order, so that no variant always runs first in a round.
-            order = VARIANTS[repeat % 3 :] + VARIANTS[: repeat % 3]
-            for variant in order:
+            shift = repeat % len(variants)
+            for variant in variants[shift:] + variants[:shift]:
                 result = run_wrk(targets[variant], concurrency, args.duration_s, workdir)
                 runs.setdefault((variant, concurrency), []).append(result)
                 log(
@@ -130,35 +169,22 @@ def main() -> None:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (make bench-metrics installs it)")
 
-    workdir = Path(tempfile.mkdtemp(prefix="first-bench-metrics-"))
-    ray_temp = tempfile.mkdtemp(prefix="first-bench-", dir="/tmp")
-    fixed_port = free_port()
-    serve_path, standalone = federation_files(workdir, f"http://127.0.0.1:{fixed_port}", ray_temp)
-    fixed = Background.start(
-        "fixed",
-        [sys.executable, "-m", "bench.fixed_backend", "--port", str(fixed_port)],
-        workdir,
-    )
-    firsts: list[FirstProcess] = []
+    variants = {
+        "off": ({"metrics": {"enabled": False}}, {}),
+        "on": ({"metrics": {"enabled": True}}, {}),
+        "on-multiprocess": ({"metrics": {"enabled": True}}, {MULTIPROCESS_DIR_VARIABLE: ""}),
+    }
     stop_scraping = threading.Event()
-    try:
-        log(f"starting the Serve-hosted stack (the sites' status), workdir {workdir}")
-        serve = start_serve_stack(serve_path, workdir)
-        firsts.append(serve)
-        serve.wait_ready(600)
-        targets = start_gateways(workdir, standalone, firsts)
+    with gateways_on_a_fixed_backend("metrics", variants) as (workdir, targets):
         urls = [target.url.removesuffix(CHAT) for target in targets.values()]
         threading.Thread(
             target=scrape_every_second, args=(urls, stop_scraping), daemon=True
         ).start()
         log("every gateway answers; measuring")
-        runs = measure(args, targets, workdir)
-    finally:
-        stop_scraping.set()
-        for process in reversed(firsts):
-            process.stop()
-        fixed.stop()
-        shutil.rmtree(ray_temp, ignore_errors=True)
+        try:
+            runs = measure(args, targets, workdir)
+        finally:
+            stop_scraping.set()
 
     ratios = ratios_to_off(runs, args.concurrency)
     cells = {key: summarise(value) for key, value in runs.items()}

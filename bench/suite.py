@@ -50,6 +50,7 @@ SUITES = (
     Suite("cold_start", "bench.cold_start_bench", None),
     Suite("batch", "bench.batch_bench", None),
     Suite("metrics", "bench.metrics_bench", None),
+    Suite("request_cost", "bench.request_cost_bench", None),
 )
 
 
@@ -216,6 +217,12 @@ def _metrics(r: dict) -> tuple[str, bool]:
     return f"metrics on at least {worst:.3f}x of off", worst >= 0.97
 
 
+def _request_cost(r: dict) -> tuple[str, bool]:
+    added = r["added_p50_ms"]["c1"]["median_ms"]
+    text = f"token reservation and cache salting add {added:.3f} ms p50 at concurrency 1"
+    return text, added < r["target_ms"]
+
+
 CHECKS: dict[str, tuple[str, Callable[[dict], tuple[str, bool]]]] = {
     "gateway": (
         "ingress added latency below LiteLLM; standalone ≤ 1.5x a bare forwarder",
@@ -231,6 +238,10 @@ CHECKS: dict[str, tuple[str, Callable[[dict], tuple[str, bool]]]] = {
     "cold_start": ("cold start under 60 s, hot within 10% of steady", _cold_start),
     "batch": ("batch at least as fast as interactive", _batch),
     "metrics": ("metrics cost within 3%", _metrics),
+    "request_cost": (
+        "token reservation and cache salting under 0.2 ms p50 at concurrency 1",
+        _request_cost,
+    ),
 }
 
 

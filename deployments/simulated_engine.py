@@ -10,7 +10,11 @@ Responses are vLLM's own protocol models, so their shapes match exactly.
 Timing model (SimulatedEngineConfig): a request waits for one of
 `max_num_seqs` slots, then its first token takes `ttft_ms` and each later one
 `tpot_ms`, both stretched by `1 + slowdown_per_seq * (running - 1)`.
-Tokens are counted with a simple word/punctuation split.
+Tokens are counted with a simple word/punctuation split. Prefix caching is
+simulated as vLLM does it: a prompt's full blocks of 16 tokens are hashed,
+each with the one before it and the request's `cache_salt`, and the blocks
+an earlier prompt left are reported as `usage.prompt_tokens_details.cached_tokens`
+(timing is unchanged): what the gateway's per-user salting is tested against.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import copy
 import re
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +51,7 @@ from vllm.entrypoints.openai.completion.protocol import (
     CompletionResponseStreamChoice,
     CompletionStreamResponse,
 )
-from vllm.entrypoints.serve.engine.protocol import UsageInfo
+from vllm.entrypoints.serve.engine.protocol import PromptTokenUsageInfo, UsageInfo
 
 from deployments.site_config import SIMULATED_ENGINE_KEY, SimulatedEngineConfig
 
@@ -78,6 +83,9 @@ _WORDS = [
 ]
 # Per-message overhead of a chat template, in tokens (role markers, newlines).
 _CHAT_TOKENS_PER_MESSAGE = 4
+# vLLM's default KV block size, and how many blocks the simulated cache keeps.
+_BLOCK_TOKENS = 16
+_CACHED_BLOCKS = 10_000
 
 
 def count_tokens(text: str) -> int:
@@ -91,6 +99,21 @@ def _message_text(message: Any) -> str:
     if isinstance(content, list):  # content parts: keep the text ones
         return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
     return ""
+
+
+def _role(message: Any) -> str:
+    return str(message.get("role", "")) if isinstance(message, dict) else ""
+
+
+def _prompt_words(prompt: Any) -> list[str]:
+    """A completions prompt's tokens, for the prefix cache: text words or token ids."""
+    if isinstance(prompt, str):
+        return _TOKEN.findall(prompt)
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+        return [str(token) for token in prompt]
+    if isinstance(prompt, list) and prompt:
+        return _prompt_words(prompt[0])  # a batch: its first prompt
+    return []
 
 
 def _prompt_tokens(prompt: Any) -> int:
@@ -168,6 +191,7 @@ class SimulatedEngine(LLMEngine):
         )
         self._slots: asyncio.Semaphore | None = None
         self._running = 0
+        self._blocks: OrderedDict[int, None] = OrderedDict()  # block hashes, oldest first
 
     async def start(self) -> None:
         self._slots = asyncio.Semaphore(self._config.max_num_seqs)
@@ -180,6 +204,24 @@ class SimulatedEngine(LLMEngine):
 
     async def reset_prefix_cache(self) -> None:
         return None
+
+    def _cached_tokens(self, words: list[str], salt: str | None) -> int:
+        """Prompt tokens found in the cache (whole blocks from the start); the prompt's
+        blocks are cached for the next request. The salt starts every chain, as in vLLM:
+        the same prompt under another salt shares nothing."""
+        parent: Any = salt
+        cached, matching = 0, True
+        for start in range(0, len(words) - _BLOCK_TOKENS + 1, _BLOCK_TOKENS):
+            parent = hash((parent, *words[start : start + _BLOCK_TOKENS]))
+            if matching and parent in self._blocks:
+                cached += _BLOCK_TOKENS
+                self._blocks.move_to_end(parent)
+            else:
+                matching = False
+                self._blocks[parent] = None
+        while len(self._blocks) > _CACHED_BLOCKS:
+            self._blocks.popitem(last=False)
+        return cached
 
     def _step_s(self, base_ms: float) -> float:
         load = 1.0 + self._config.slowdown_per_seq * max(self._running - 1, 0)
@@ -237,16 +279,25 @@ class SimulatedEngine(LLMEngine):
             if request.max_completion_tokens is not None
             else request.max_tokens
         )
-        async for item in self._answer(_CHAT, request, prompt_tokens, requested):
+        words = [w for m in request.messages for w in (_role(m), *_TOKEN.findall(_message_text(m)))]
+        async for item in self._answer(_CHAT, request, prompt_tokens, requested, words):
             yield item
 
     async def completions(self, request: CompletionRequest, raw_request_info=None):
         prompt_tokens = _prompt_tokens(request.prompt)
-        async for item in self._answer(_COMPLETION, request, prompt_tokens, request.max_tokens):
+        words = _prompt_words(request.prompt)
+        async for item in self._answer(
+            _COMPLETION, request, prompt_tokens, request.max_tokens, words
+        ):
             yield item
 
     async def _answer(
-        self, shape: _Shape, request: Any, prompt_tokens: int, requested: int | None
+        self,
+        shape: _Shape,
+        request: Any,
+        prompt_tokens: int,
+        requested: int | None,
+        words: list[str],
     ) -> AsyncGenerator[Any, None]:
         """One request's answer in `shape`: whole, or streamed as vLLM streams it."""
         plan = self._plan(prompt_tokens, requested)
@@ -255,10 +306,12 @@ class SimulatedEngine(LLMEngine):
             return
         count, reason = plan
         n = request.n or 1
+        cached = self._cached_tokens(words, getattr(request, "cache_salt", None))
         usage = UsageInfo(
             prompt_tokens=prompt_tokens,
             completion_tokens=count * n,
             total_tokens=prompt_tokens + count * n,
+            prompt_tokens_details=PromptTokenUsageInfo(cached_tokens=cached),
         )
         if not request.stream:
             texts = await self._texts(n, count)

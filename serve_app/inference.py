@@ -12,17 +12,21 @@ every outcome, a refusal or a client that left included, exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
+from collections.abc import AsyncIterator
 
 from pydantic_core import PydanticSerializationError
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
-from deployments.openai_errors import field_path, lone_surrogate_at
+from deployments.openai_errors import field_path, lone_surrogate_at, sse_error_event
+from serve_app.access.cache_salt import CacheSalter
 from serve_app.access.policy import Principal
 from serve_app.access.ratelimit import RateLimiter
-from serve_app.config import FederationConfig
+from serve_app.config import FederationConfig, LimitsConfig
 from serve_app.errors import GatewayError, InvalidRequestError
 from serve_app.middleware import until_disconnected
 from serve_app.protocol import OpenAIModel, SamplingFields, StreamOptions
@@ -33,6 +37,10 @@ from serve_app.store import UsageRecord
 from serve_app.usage.ledger import UsageLedger
 from serve_app.usage.metering import Meter
 
+EVENT_STREAM = "text/event-stream"
+# An SSE comment: every client skips it; proxies see the connection is alive.
+KEEPALIVE_COMMENT = b": keep-alive\n\n"
+logger = logging.getLogger(__name__)
 # A token is about four characters of English (OpenAI's rule of thumb): the prompt's
 # share of a reservation, made before any tokenizer has seen it, and settled after.
 CHARS_PER_TOKEN = 4
@@ -45,8 +53,10 @@ class InferenceService:
         federation: Federation,
         limiter: RateLimiter,
         ledger: UsageLedger | None,
+        salter: CacheSalter,
     ):
         self.config = config
+        self.salter = salter
         self.federation = federation
         self.metrics = federation.metrics
         self.limiter = limiter
@@ -72,16 +82,18 @@ class InferenceService:
         """Check the caller may, pick sites, forward; every outcome is metered once."""
         model = body.model
         request_id = request.scope.get("state", {}).get("request_id", "")
-        payload, meter = self._prepare(body)
+        salt = self.salter.salt(caller)
+        payload, meter = self._prepare(body, salt)
         meter.on_done = self._accountant(caller, path, request_id, body)
+        work: asyncio.Future[Response | None] | None = None
         try:
             self.federation.policy.require_model(caller, model)
-            tokens = self._tokens_to_reserve(body)
+            tokens = tokens_to_reserve(body, self.config.limits)
             meter.reserved_tokens = await self.limiter.admit(caller.user, model, tokens)
 
             async def place_and_forward() -> Response:
                 # A caller held through a cold start may leave; the hold ends with it.
-                prefix = self._prefix(body)
+                prefix = self._prefix(body, salt)
                 order = await self.federation.place_or_cold_start(caller, model, site, prefix)
                 self.metrics.placed(model, order)
                 response = await self.forwarder.forward(path, payload, request_id, order, meter)
@@ -89,11 +101,21 @@ class InferenceService:
                     self.federation.placer.remember(prefix, meter.site)
                 return response
 
-            response = await until_disconnected(request, place_and_forward())
+            work = asyncio.ensure_future(until_disconnected(request, place_and_forward()))
+            keepalive_s = self.config.gateway.stream_keepalive_s
+            if keepalive_s and getattr(body, "stream", None):
+                await asyncio.wait({work}, timeout=keepalive_s)
+                if not work.done():
+                    return StreamingResponse(
+                        self._kept_alive(work, keepalive_s, meter), media_type=EVENT_STREAM
+                    )
+            response = await work
         except GatewayError as exc:
             meter.finish(exc.status)
             raise
         except asyncio.CancelledError:
+            if work is not None:
+                work.cancel()
             meter.finish(499)
             raise
         except Exception:
@@ -105,31 +127,64 @@ class InferenceService:
             return Response(status_code=499)
         return response
 
-    def _tokens_to_reserve(self, body: OpenAIModel) -> int:
-        """The most a request may use: its prompt, estimated, and every completion's limit."""
-        limits = self.config.limits
-        if limits is None:
-            return 0
-        prompt = len(_prompt_of(body)) // CHARS_PER_TOKEN + 1
-        if not isinstance(body, SamplingFields):  # an embedding: a prompt only
-            return prompt
-        completion = (
-            getattr(body, "max_completion_tokens", None)
-            or body.max_tokens
-            or limits.default_max_tokens
-        )
-        return prompt + completion * (body.n or 1)
+    async def _kept_alive(
+        self, work: asyncio.Future[Response | None], interval_s: float, meter: Meter
+    ) -> AsyncIterator[bytes]:
+        """A stream that no site has started to answer yet: comments until one does.
 
-    def _prefix(self, body: OpenAIModel) -> list[bytes] | None:
-        """The prompt's block hashes, when placement follows prefixes."""
+        A request held through a cold start or a long queue would send nothing
+        for minutes, and proxies and clients with idle timeouts cut it; an SSE
+        comment line every `interval_s` keeps it open, and clients skip it.
+        The status is 200 from the first comment on, so a refusal that comes
+        later (a 504, a site's 400) is the stream's one event instead.
+        """
+        response: Response | None = None
+        try:
+            while not work.done():
+                yield KEEPALIVE_COMMENT
+                await asyncio.wait({work}, timeout=interval_s)
+            try:
+                response = work.result()
+            except GatewayError as exc:
+                meter.finish(exc.status)
+                yield exc.sse_event()
+                return
+            except Exception:
+                logger.exception("a kept-alive stream failed")
+                meter.finish(500)
+                yield sse_error_event("The gateway failed to process the request.", 500)
+                return
+            if isinstance(response, StreamingResponse):
+                body, response = response.body_iterator, None
+                async for chunk in body:
+                    yield chunk
+            elif response is not None:
+                # The site answered with one JSON body (its error): it becomes the event.
+                yield b"data: " + bytes(response.body) + b"\n\n"
+        finally:
+            if not work.done():
+                work.cancel()
+            elif isinstance(response, StreamingResponse):
+                # The client left just as the site began: release the site's stream.
+                task = asyncio.ensure_future(_discard(response))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            meter.finish(499)  # unless the answer, or a refusal, finished it already
+
+    def _prefix(self, body: OpenAIModel, salt: str | None) -> list[bytes] | None:
+        """The prompt's block hashes under the caller's salt, when placement follows prefixes."""
         if self.config.placement.policy != "prefix-aware":
             return None
         settings = self.config.placement.prefix
-        return prefix_blocks(_prompt_of(body), settings.block_chars, settings.max_blocks)
+        seed = salt.encode() if salt else b""
+        return prefix_blocks(_prompt_of(body), settings.block_chars, settings.max_blocks, seed)
 
-    def _prepare(self, body: OpenAIModel) -> tuple[bytes, Meter]:
-        """The site's request body; streams always ask the site for usage, to meter them."""
+    def _prepare(self, body: OpenAIModel, salt: str | None) -> tuple[bytes, Meter]:
+        """The site's request body: the caller's cache salt in place of any the client
+        sent; streams always ask the site for usage, to meter them."""
         keep = self.config.ledger.store_content
+        if salt is not None and isinstance(body, SamplingFields):
+            body = body.model_copy(update={"cache_salt": salt})
         usage_requested = True
         if getattr(body, "stream", None):
             options = body.stream_options or StreamOptions()
@@ -178,6 +233,28 @@ class InferenceService:
             )
 
         return account
+
+
+def tokens_to_reserve(body: OpenAIModel, limits: LimitsConfig | None) -> int:
+    """The most a request may use: its prompt, estimated, and every completion's limit."""
+    if limits is None:
+        return 0
+    prompt = len(_prompt_of(body)) // CHARS_PER_TOKEN + 1
+    if not isinstance(body, SamplingFields):  # an embedding: a prompt only
+        return prompt
+    completion = (
+        getattr(body, "max_completion_tokens", None) or body.max_tokens or limits.default_max_tokens
+    )
+    return prompt + completion * (body.n or 1)
+
+
+async def _discard(response: StreamingResponse) -> None:
+    """Start a stream nobody will read and close it, so that the site's side of it is
+    released (its connection, the in-flight count) as when a client leaves mid-way."""
+    body = response.body_iterator
+    with contextlib.suppress(Exception):
+        await anext(body)
+    await body.aclose()
 
 
 def not_unicode(body: OpenAIModel) -> InvalidRequestError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI
@@ -107,12 +108,19 @@ class ServeRateLimiter:
 @serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS)
 @serve.ingress()
 class FederatedIngress:
-    def __init__(self, config: dict[str, Any], limiter: DeploymentHandle | None = None):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        limiter: DeploymentHandle | None = None,
+        cache_salt_secret: str | None = None,
+    ):
         self._config = FederationConfig.model_validate(config)
         self._limiter = ServeRateLimiter(limiter) if limiter is not None else None
+        # One secret for every replica, so a caller's salt is the same whichever answers.
+        self._settings = replace(Settings.from_environment(), cache_salt_secret=cache_salt_secret)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_app(self._config, on_serve=True, limiter=self._limiter)
+        return build_app(self._config, self._settings, on_serve=True, limiter=self._limiter)
 
 
 def build_gateway_app(config: FederationConfig) -> Application:
@@ -125,4 +133,8 @@ def build_gateway_app(config: FederationConfig) -> Application:
         # What `drain_on_serve` waits for: requests in flight, streams included.
         graceful_shutdown_timeout_s=config.gateway.shutdown_grace_s,
         ray_actor_options=_actor_options(config, num_cpus=1),
-    ).bind(config.model_dump(mode="json"), limiter)
+    ).bind(
+        config.model_dump(mode="json"),
+        limiter,
+        Settings.from_environment().with_cache_salt_secret().cache_salt_secret,
+    )

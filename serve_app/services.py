@@ -18,6 +18,7 @@ from starlette.requests import HTTPConnection
 
 from autoscaling.keeper import Decision, Keeper
 from serve_app.access.auth import Authenticator, build_authenticator
+from serve_app.access.cache_salt import CacheSalter
 from serve_app.access.policy import Policy
 from serve_app.access.ratelimit import LocalRateLimiter, NoRateLimiter, RateLimiter
 from serve_app.batch.service import BatchService
@@ -87,7 +88,9 @@ def build_services(
     ledger = UsageLedger(store, config.ledger) if config.ledger.enabled else None
     limiter = limiter or (LocalRateLimiter(config.limits) if config.limits else NoRateLimiter())
     federation = Federation(config, build_site_clients(config, settings), policy, metrics)
-    inference = InferenceService(config, federation, limiter, ledger)
+    secret = settings.with_cache_salt_secret().cache_salt_secret or ""
+    salter = CacheSalter(config.cache_isolation, secret)
+    inference = InferenceService(config, federation, limiter, ledger, salter)
     batches = BatchService(
         SqliteBatchStore(config.store.path, config.store.files_path), config.batch, federation
     )

@@ -8,6 +8,7 @@ the repository (`auth.globus.secrets_file`), never from YAML in git.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,6 +29,8 @@ class Settings:
     globus_client_id: str | None = None
     globus_client_secret: str | None = None
     api_key: str | None = None
+    # The key callers' cache salts are derived with (serve_app/access/cache_salt.py).
+    cache_salt_secret: str | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -35,7 +38,19 @@ class Settings:
             globus_client_id=environ.get(f"{PREFIX}GLOBUS_CLIENT_ID") or None,
             globus_client_secret=environ.get(f"{PREFIX}GLOBUS_CLIENT_SECRET") or None,
             api_key=environ.get(f"{PREFIX}API_KEY") or None,
+            cache_salt_secret=environ.get(f"{PREFIX}CACHE_SALT_SECRET") or None,
         )
+
+    def with_cache_salt_secret(self) -> Settings:
+        """These settings with a cache salt secret: the environment's, or a new one.
+
+        A new one lives as long as the gateway (caches from before a restart go
+        unused); gateways that must agree (several hosts) share one in the
+        environment.
+        """
+        if self.cache_salt_secret:
+            return self
+        return replace(self, cache_salt_secret=secrets.token_hex(32))
 
     def with_secrets_file(self, path: Path | None) -> Settings:
         """Fill the Globus client id and secret from `path` where the environment has none."""

@@ -53,6 +53,7 @@ GLOBUS_SCOPE = f"https://auth.globus.org/scopes/{GLOBUS_CLIENT_ID}/inference"
 MEMBERS = str(uuid.uuid5(uuid.NAMESPACE_URL, "first-members"))  # may use the gateway
 INSIDERS = str(uuid.uuid5(uuid.NAMESPACE_URL, "first-insiders"))  # may also use sim-llama
 ADMINS = str(uuid.uuid5(uuid.NAMESPACE_URL, "first-admins"))  # may read everyone's usage
+SHARERS = str(uuid.uuid5(uuid.NAMESPACE_URL, "first-sharers"))  # share one prefix cache
 ALLOWED_DOMAIN = "uni.example.edu"
 OTHER_IDP = str(uuid.uuid5(uuid.NAMESPACE_URL, "other-idp"))
 UNI_IDP = str(uuid.uuid5(uuid.NAMESPACE_URL, "uni-idp"))
@@ -84,6 +85,7 @@ def access_config(store_path: Path) -> dict:
                 BUDGET_USER: {"tokens_per_min": BUDGET_TOKENS_PER_MIN},
             },
         },
+        "cache_isolation": {"shared_groups": [SHARERS]},
         "store": {"path": str(store_path)},
         "ledger": {"flush_interval_s": 0.2},
     }

@@ -12,6 +12,7 @@ below the gateway and must not import it.
 
 from serve_app.config.access import (
     AuthConfig,
+    CacheIsolationConfig,
     CredentialCacheConfig,
     GlobusAuthConfig,
     LimitsConfig,
@@ -44,6 +45,7 @@ __all__ = [
     "COLOCATED_PREFIX",
     "AuthConfig",
     "BatchConfig",
+    "CacheIsolationConfig",
     "ChannelConfig",
     "CircuitBreakerConfig",
     "ColdStartConfig",

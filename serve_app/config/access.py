@@ -99,6 +99,23 @@ class PolicyConfig(StrictConfig):
         return bool(self.groups or self.models or self.admin_groups)
 
 
+class CacheIsolationConfig(StrictConfig):
+    """Each caller's own slice of the sites' prefix caches (vLLM's `cache_salt`)."""
+
+    enabled: bool = Field(
+        True,
+        description="Salt every request a site gets with a key of its caller, so that no "
+        "request hits KV blocks another caller's prompt left: a hit makes the first token "
+        "faster, which would tell a user that someone else sent the same prefix.",
+    )
+    shared_groups: list[str] = Field(
+        default_factory=list,
+        description="Groups whose members share one salt, and so one another's cached "
+        "prefixes (a project with a long system prompt in common). A caller in several "
+        "takes the first listed.",
+    )
+
+
 class UserLimitsConfig(StrictConfig):
     requests_per_s: float | None = Field(None, gt=0, description="Overrides the default.")
     tokens_per_min: int | None = Field(None, gt=0, description="Overrides the default.")

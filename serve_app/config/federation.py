@@ -27,7 +27,12 @@ from deployments.config_loading import (
     require_unique,
 )
 from deployments.site_config import NAME_PATTERN, RayClusterConfig, SiteConfig
-from serve_app.config.access import AuthConfig, LimitsConfig, PolicyConfig
+from serve_app.config.access import (
+    AuthConfig,
+    CacheIsolationConfig,
+    LimitsConfig,
+    PolicyConfig,
+)
 from serve_app.config.routing import (
     CircuitBreakerConfig,
     ColdStartConfig,
@@ -149,6 +154,14 @@ class GatewayConfig(StrictConfig):
         "clients that never finish (slowloris) hold no connection (standalone hosting; on "
         "Serve, its ingress decides).",
     )
+    stream_keepalive_s: float | None = Field(
+        10.0,
+        gt=0,
+        description="While a streaming request waits for its first token (a cold start, a "
+        "queue at the site), an SSE comment line this often keeps proxies and clients with "
+        "idle timeouts from cutting it; null: none. A refusal that comes after the first "
+        "comment is the stream's one event (its status is 200 by then).",
+    )
     shutdown_grace_s: float = Field(
         20.0,
         ge=0,
@@ -184,6 +197,7 @@ class FederationConfig(StrictConfig):
     limits: LimitsConfig | None = Field(
         default_factory=LimitsConfig, description="null: no limits."
     )
+    cache_isolation: CacheIsolationConfig = Field(default_factory=CacheIsolationConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)

@@ -26,10 +26,14 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 
-def prefix_blocks(text: str, block_chars: int, max_blocks: int) -> list[bytes]:
-    """Chained hashes of the whole blocks at the start of `text` (a partial last block has none)."""
+def prefix_blocks(text: str, block_chars: int, max_blocks: int, seed: bytes = b"") -> list[bytes]:
+    """Chained hashes of the whole blocks at the start of `text` (a partial last block has none).
+
+    `seed` starts the chain: the caller's cache salt, so that affinity follows the
+    caches a request can actually hit.
+    """
     hashes: list[bytes] = []
-    chained = b""
+    chained = seed
     data = text.encode("utf-8", "surrogatepass")
     size = block_chars  # bytes of UTF-8: close enough to characters for a cache key
     for start in range(0, min(len(data) // size, max_blocks) * size, size):

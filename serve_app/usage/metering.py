@@ -10,8 +10,9 @@ all of them when the ledger keeps completions).
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 _USAGE = b'"usage"'
@@ -66,21 +67,23 @@ class Meter:
             if self.keep_content:
                 self._take_text(answer.get("choices"), "message")
 
-    async def metered(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """The stream as the client should get it, usage noted on the way."""
+    async def metered(self, chunks: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+        """The stream as the client should get it, usage noted on the way; closing it
+        closes `chunks`, so that the site's side is released at once."""
         pending = b""
-        async for chunk in chunks:
-            if not pending and chunk.endswith(b"\n\n") and _USAGE not in chunk:
-                if self.keep_content:
-                    self._read_events(chunk)
-                yield chunk  # the common case: one whole event per chunk
-                continue
-            pending += chunk
-            complete, _, pending = pending.rpartition(b"\n\n")
-            if complete:
-                kept = self._read_events(complete + b"\n\n")
-                if kept:
-                    yield kept
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                if not pending and chunk.endswith(b"\n\n") and _USAGE not in chunk:
+                    if self.keep_content:
+                        self._read_events(chunk)
+                    yield chunk  # the common case: one whole event per chunk
+                    continue
+                pending += chunk
+                complete, _, pending = pending.rpartition(b"\n\n")
+                if complete:
+                    kept = self._read_events(complete + b"\n\n")
+                    if kept:
+                        yield kept
         if pending:
             yield pending
 

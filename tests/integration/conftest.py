@@ -8,7 +8,8 @@ every second so a stopped site shows as down within a few seconds.
 - sim-even: the same engine on east and west (load must split evenly);
 - sim-skew: fast on east, slow on west (most traffic must go east);
 - sim-fast: east only, zero delay (the fuzzer's target);
-- sim-ghost: only on the ghost site (no healthy site serves it: 503).
+- sim-ghost: only on the ghost site (no healthy site serves it: 503);
+- sim-late: west only, 3 s to its first token (a stream that waits).
 """
 
 from __future__ import annotations
@@ -44,7 +45,11 @@ SITE_MODELS = {
         _simulated("sim-skew", 10, 2),
         _simulated("sim-fast", 0, 0),
     ],
-    "west": [_simulated("sim-even", 20, 5), _simulated("sim-skew", 200, 40)],
+    "west": [
+        _simulated("sim-even", 20, 5),
+        _simulated("sim-skew", 200, 40),
+        _simulated("sim-late", 3000, 5),
+    ],
 }
 
 

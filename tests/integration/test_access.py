@@ -18,6 +18,7 @@ from tests.conftest import (
     MEMBERS,
     OTHER_IDP,
     RESTRICTED_MODEL,
+    SHARERS,
     VLLM_MODEL,
     globus_user,
 )
@@ -222,3 +223,28 @@ def test_revoked_key_is_refused_within_the_key_cache_time(stack):
 
 
 pytestmark = pytest.mark.slow
+
+
+def test_callers_do_not_hit_one_anothers_cached_prefixes(stack):
+    """The gateway salts each caller's requests (vLLM's cache_salt); the simulated
+    engine caches prefixes as vLLM does and reports the tokens it found cached."""
+    prompt = f"{uuid.uuid4().hex} " + " ".join(f"word{i}" for i in range(96))
+
+    def cached(key: str) -> int:
+        answer = stack.client(key).completions.create(
+            model=RESTRICTED_MODEL, prompt=prompt, max_tokens=1
+        )
+        return answer.usage.prompt_tokens_details.cached_tokens
+
+    ann = stack.key("ann-cache@example.org", [MEMBERS, INSIDERS])
+    bob = stack.key("bob-cache@example.org", [MEMBERS, INSIDERS])
+    # Enough for every replica of the model, and of the gateway, to have seen it.
+    assert cached(ann) == 0
+    assert max(cached(ann) for _ in range(4)) >= 80
+    assert cached(bob) == 0  # the same prompt, another caller: no hit
+    # Members of a shared group share: the second member's first request hits.
+    cara = stack.key("cara-cache@example.org", [MEMBERS, INSIDERS, SHARERS])
+    dan = stack.key("dan-cache@example.org", [MEMBERS, INSIDERS, SHARERS])
+    for _ in range(4):
+        cached(cara)
+    assert cached(dan) >= 80

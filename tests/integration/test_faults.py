@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -30,6 +31,7 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.slow
 HELLO = [{"role": "user", "content": "Hello"}]
 SLOW = "sim-skew"  # on west: 200 ms + 40 ms per token
+LATE = "sim-late"  # on west: 3 s to the first token
 CHAT = "/v1/chat/completions"
 
 
@@ -99,11 +101,12 @@ def test_a_non_streaming_answer_slower_than_read_s_is_awaited(federation):
 @pytest.fixture
 def impatient_gateway(federation, tmp_path):
     """A second gateway in front of the same sites that waits only 2 s for an answer to
-    start, opens a site's circuit at its first failure, and 1 s for a request's headers."""
+    start, opens a site's circuit at its first failure, waits 1 s for a request's
+    headers, and keeps a waiting stream alive every 0.5 s."""
     config = copy.deepcopy(federation.config)
     config["store"] = {"path": str(tmp_path / "first.db")}
     config["circuit_breaker"] = {"failure_threshold": 1, "open_s": 60}
-    config["gateway"] = {"header_timeout_s": 1}
+    config["gateway"] = {"header_timeout_s": 1, "stream_keepalive_s": 0.5}
     for site in config["sites"]:
         site["timeouts"]["first_byte_s"] = 2
     gateway, url = start_standalone_gateway(config, tmp_path / "impatient.yaml", "impatient")
@@ -154,6 +157,48 @@ def test_connections_that_never_finish_their_headers_are_closed(impatient_gatewa
     finally:
         for connection in [*idle, *partial, trickle]:
             connection.close()
+
+
+def test_a_stream_waiting_for_its_first_token_is_kept_alive(federation, tmp_path):
+    config = copy.deepcopy(federation.config)
+    config["store"] = {"path": str(tmp_path / "first.db")}
+    config["gateway"] = {"stream_keepalive_s": 0.5}
+    gateway, url = start_standalone_gateway(config, tmp_path / "kept.yaml", "kept")
+    try:
+        body = {"model": LATE, "messages": HELLO, "max_tokens": 5, "stream": True}
+        with httpx.stream("POST", f"{url}/sites/west{CHAT}", json=body, timeout=60) as stream:
+            assert stream.status_code == 200
+            lines = [line for line in stream.iter_lines() if line]
+        first = next(i for i, line in enumerate(lines) if line.startswith("data: "))
+        assert first >= 4, lines  # 3 s of waiting, a comment every 0.5 s
+        assert set(lines[:first]) == {": keep-alive"}, lines
+        assert lines[-1] == "data: [DONE]"
+        # The official client skips the comments.
+        client = openai.OpenAI(base_url=f"{url}/sites/west/v1", api_key="unused", max_retries=0)
+        chunks = client.chat.completions.create(
+            model=LATE, messages=HELLO, max_tokens=5, stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert len(text.split()) == 5
+        # A stream that starts at once has no comment before its first event.
+        quick = {**body, "model": "sim-fast"}
+        with httpx.stream("POST", f"{url}{CHAT}", json=quick, timeout=60) as stream:
+            assert next(stream.iter_lines()).startswith("data: ")
+    finally:
+        gateway.stop()
+
+
+def test_a_refusal_after_the_keep_alive_began_is_the_streams_one_event(impatient_gateway):
+    url = impatient_gateway
+    client = openai.OpenAI(base_url=f"{url}/sites/west/v1", api_key="unused", max_retries=0)
+    started = time.monotonic()
+    with pytest.raises(openai.APIError) as caught:
+        for _chunk in client.chat.completions.create(
+            model=LATE, messages=HELLO, max_tokens=5, stream=True
+        ):
+            pass
+    assert "did not start its answer within 2 s" in caught.value.message
+    assert time.monotonic() - started < 3
 
 
 def drain_and_check(process: FirstProcess, url: str, grace_s: float) -> None:
