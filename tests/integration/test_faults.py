@@ -83,6 +83,64 @@ def test_strings_no_utf8_can_carry_get_400_naming_the_field(federation):
     assert unhandled_errors(log, since) == ""
 
 
+def _streamed_body(size: int):
+    """`size` bytes of a JSON body, sent chunked: no Content-Length to refuse it by."""
+    yield b'{"model": "sim-fast", "messages": [{"role": "user", "content": "'
+    for _ in range(size // 2**20):
+        yield b"x" * 2**20
+    yield b'"}]}'
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"\xff\xfe{not utf-8", 400),
+        (b'{"model": "sim-fast", "messages": [', 400),
+        (b"[" * 10_000 + b"]" * 10_000, 400),
+        (json.dumps({"model": "sim-fast", "messages": HELLO * 100_000}).encode(), 400),
+        (json.dumps({"model": "sim-fast", "messages": HELLO, "n": 10**6}).encode(), 400),
+        (json.dumps({"model": "sim-fast", "messages": HELLO, "max_tokens": -1}).encode(), 400),
+        (b"x" * (64 * 2**20), 413),
+        (None, 413),  # 64 MB, chunked
+    ],
+    ids=[
+        "not-utf8",
+        "cut-json",
+        "nested",
+        "100k-messages",
+        "absurd-n",
+        "negative-max-tokens",
+        "64MB",
+        "64MB-chunked",
+    ],
+)
+def test_hostile_bodies_get_4xx_in_the_openai_shape(federation, body, status):
+    log = federation.gateway.log_path
+    since = len(log.read_text(errors="replace"))
+    content = _streamed_body(64 * 2**20) if body is None else body
+    response = httpx.post(
+        f"{federation.gateway_url}{CHAT}",
+        content=content,
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == status, response.text[:500]
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert unhandled_errors(log, since) == ""
+
+
+def test_an_absurd_max_tokens_is_held_to_the_context_as_vllm_does(federation):
+    """vLLM caps max_tokens at what the context leaves (no 400); the gateway passes it on,
+    reserving no more than a token bucket holds."""
+    body = {"model": "sim-fast", "messages": HELLO, "max_tokens": 10**15}
+    response = httpx.post(f"{federation.gateway_url}{CHAT}", json=body, timeout=60)
+    assert response.status_code == 200, response.text[:500]
+    usage = response.json()["usage"]
+    assert usage["prompt_tokens"] + usage["completion_tokens"] == 2048  # the whole context
+
+
 def test_a_non_streaming_answer_slower_than_read_s_is_awaited(federation):
     """read_s bounds the silence between chunks of a started answer, not the wait for
     the headers: a non-streaming answer sends them only once it is generated."""
