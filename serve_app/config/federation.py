@@ -116,6 +116,14 @@ class FederatedSiteConfig(StrictConfig):
         "when no site of higher priority can.",
     )
     timeouts: SiteTimeoutsConfig = Field(default_factory=SiteTimeoutsConfig)
+    max_in_flight: int | None = Field(
+        1024,
+        ge=1,
+        description="Requests for one model that a gateway replica keeps open at this site. "
+        "A full site takes no more of that model until one ends; when every site serving "
+        "it is full the caller gets a 503 with Retry-After at once, so neither the gateway "
+        "nor the site queues without bound. null: no bound.",
+    )
 
     @property
     def site_config(self) -> SiteConfig:

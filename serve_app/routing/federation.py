@@ -200,5 +200,7 @@ def _why_not(state: SiteState, model: str, now: float) -> str:
         return "down"
     if not state.breaker.available(now):
         return "failing requests (circuit open)"
+    if state.full(model):
+        return f"full ({state.config.max_in_flight} requests in flight)"
     status = state.model_status(model)
     return f"reporting the model {status.state}" if status else health

@@ -199,6 +199,11 @@ class SiteState:
             return self.config.url + route
         return jobs[next(self._turn) % len(jobs)].base_url.rstrip("/") + route
 
+    def full(self, model: str) -> bool:
+        """This replica has as many requests for `model` open here as the site may take."""
+        bound = self.config.max_in_flight
+        return bound is not None and self.in_flight[model] >= bound
+
     def candidate(self, model: str, now: float) -> Candidate | None:
         """This site as a placement candidate for `model`, or None if it cannot take it now."""
         health = self.health(now)
@@ -209,6 +214,8 @@ class SiteState:
             return None
         if self.slurm is not None and not self.ready_jobs(model):
             return None  # nothing runs there: a cold start, not a placement
+        if self.full(model):
+            return None
         return Candidate(
             site=self.name,
             priority=self.config.priority,

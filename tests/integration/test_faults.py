@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -257,6 +258,35 @@ def test_a_refusal_after_the_keep_alive_began_is_the_streams_one_event(impatient
             pass
     assert "did not start its answer within 2 s" in caught.value.message
     assert time.monotonic() - started < 3
+
+
+def test_a_flood_past_a_sites_bound_gets_fast_503s_and_nothing_else_fails(federation, tmp_path):
+    config = copy.deepcopy(federation.config)
+    config["store"] = {"path": str(tmp_path / "first.db")}
+    for site in config["sites"]:
+        site["max_in_flight"] = 4
+    gateway, url = start_standalone_gateway(config, tmp_path / "bounded.yaml", "bounded")
+    body = {"model": SLOW, "messages": HELLO, "max_tokens": 50}  # about 2 s on west
+
+    def send(_: int) -> tuple[int, float, str]:
+        started = time.monotonic()
+        response = httpx.post(f"{url}/sites/west{CHAT}", json=body, timeout=60)
+        return response.status_code, time.monotonic() - started, response.text
+
+    try:
+        with ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(send, range(32)))
+        served = [r for r in results if r[0] == 200]
+        refused = [r for r in results if r[0] == 503]
+        assert len(served) + len(refused) == 32, [r[0] for r in results]
+        assert 4 <= len(served) < 32, len(served)
+        assert all(took < 1.5 for _, took, _ in refused), sorted(t for _, t, _ in refused)
+        error = json.loads(refused[0][2])["error"]
+        assert "full (4 requests in flight)" in error["message"], error
+        # Once they are done, the site takes requests again.
+        assert httpx.post(f"{url}/sites/west{CHAT}", json=body, timeout=60).status_code == 200
+    finally:
+        gateway.stop()
 
 
 def drain_and_check(process: FirstProcess, url: str, grace_s: float) -> None:
