@@ -22,7 +22,7 @@ from serve_app.app import build_app
 from serve_app.config import FederationConfig
 
 pytestmark = pytest.mark.slow
-EXAMPLES_PER_MODE = 30
+EXAMPLES_PER_MODE = 100  # 3,003 cases in all (an operation without inputs has one)
 
 
 def _fuzz_cases() -> list[tuple[str, GenerationMode]]:
