@@ -159,6 +159,19 @@ def ratios_to_off(runs: dict[tuple[str, int], list], concurrencies: list[int]) -
     return ratios
 
 
+def write_result(args, runs: dict[tuple[str, int], list], **fields) -> None:
+    """`fields`, the load, every (variant, concurrency) cell's medians, to `args.out`."""
+    cells = {key: summarise(value) for key, value in runs.items()}
+    result = {
+        **fields,
+        "load": {"tool": "wrk", "duration_s": args.duration_s, "repeats": args.repeats},
+        "cells": [{"variant": v, "concurrency": c, **cell} for (v, c), cell in cells.items()],
+        "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    log(f"wrote {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results/metrics.json")
@@ -187,17 +200,13 @@ def main() -> None:
             stop_scraping.set()
 
     ratios = ratios_to_off(runs, args.concurrency)
-    cells = {key: summarise(value) for key, value in runs.items()}
-    result = {
-        "what": "gateway throughput with metrics on / off, standalone gateways, fixed backend",
-        "target": "metrics on at least 0.97x the throughput of metrics off",
-        "load": {"tool": "wrk", "duration_s": args.duration_s, "repeats": args.repeats},
-        "cells": [{"variant": v, "concurrency": c, **cell} for (v, c), cell in cells.items()],
-        "throughput_ratio_on_over_off": ratios,
-        "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    log(f"wrote {args.out}")
+    write_result(
+        args,
+        runs,
+        what="gateway throughput with metrics on / off, standalone gateways, fixed backend",
+        target="metrics on at least 0.97x the throughput of metrics off",
+        throughput_ratio_on_over_off=ratios,
+    )
     for name, ratio in ratios.items():
         log(f"{name}: {ratio['median']:.3f}x of metrics off (rounds {ratio['rounds']})")
 

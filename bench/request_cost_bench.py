@@ -18,13 +18,10 @@ p50s in the same round. `python -m bench.request_cost_bench`; part of
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
-from pathlib import Path
 
-from bench.gateway_bench import log, summarise
-from bench.metrics_bench import gateways_on_a_fixed_backend, measure
+from bench.gateway_bench import log
+from bench.metrics_bench import gateways_on_a_fixed_backend, measure, write_result
 
 TARGET_MS = 0.2
 VARIANTS: dict[str, tuple[dict, dict[str, str]]] = {
@@ -59,19 +56,14 @@ def main() -> None:
             "median_ms": round(statistics.median(per_round), 3),
             "rounds_ms": [round(r, 3) for r in per_round],
         }
-    cells = {key: summarise(value) for key, value in runs.items()}
-    result = {
-        "what": "p50 added by token reservation and cache salting, standalone gateway, "
-        "fixed backend",
-        "target_ms": TARGET_MS,
-        "load": {"tool": "wrk", "duration_s": args.duration_s, "repeats": args.repeats},
-        "variants": {name: changes for name, (changes, _) in VARIANTS.items()},
-        "cells": [{"variant": v, "concurrency": c, **cell} for (v, c), cell in cells.items()],
-        "added_p50_ms": added,
-        "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    log(f"wrote {args.out}")
+    write_result(
+        args,
+        runs,
+        what="p50 added by token reservation and cache salting, standalone gateway, fixed backend",
+        target_ms=TARGET_MS,
+        variants={name: changes for name, (changes, _) in VARIANTS.items()},
+        added_p50_ms=added,
+    )
     for name, value in added.items():
         log(f"{name}: {value['median_ms']:+.3f} ms p50 added (rounds {value['rounds_ms']})")
 

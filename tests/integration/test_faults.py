@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -157,20 +158,40 @@ def test_a_non_streaming_answer_slower_than_read_s_is_awaited(federation):
     assert took > federation.config["sites"][0]["timeouts"]["read_s"], took
 
 
+@contextlib.contextmanager
+def gateway_like(
+    federation, tmp_path: Path, name: str, changes: dict, site_changes: dict | None = None
+) -> Iterator[tuple[FirstProcess, str]]:
+    """A standalone gateway of its own in front of the federation's sites, its config the
+    fixture's with `changes` (top-level sections) and, on every site, `site_changes`
+    (`timeouts` merged into the site's): it and its URL, stopped afterwards."""
+    config = copy.deepcopy(federation.config)
+    config["store"] = {"path": str(tmp_path / f"{name}.db")}
+    config.update(changes)
+    for site in config["sites"]:
+        extra = dict(site_changes or {})
+        site["timeouts"] = {**site["timeouts"], **extra.pop("timeouts", {})}
+        site.update(extra)
+    gateway, url = start_standalone_gateway(config, tmp_path / f"{name}.yaml", name)
+    try:
+        yield gateway, url
+    finally:
+        gateway.stop()
+
+
 @pytest.fixture
 def impatient_gateway(federation, tmp_path):
     """A second gateway in front of the same sites that waits only 2 s for an answer to
     start, opens a site's circuit at its first failure, waits 1 s for a request's
     headers, and keeps a waiting stream alive every 0.5 s."""
-    config = copy.deepcopy(federation.config)
-    config["store"] = {"path": str(tmp_path / "first.db")}
-    config["circuit_breaker"] = {"failure_threshold": 1, "open_s": 60}
-    config["gateway"] = {"header_timeout_s": 1, "stream_keepalive_s": 0.5}
-    for site in config["sites"]:
-        site["timeouts"]["first_byte_s"] = 2
-    gateway, url = start_standalone_gateway(config, tmp_path / "impatient.yaml", "impatient")
-    yield url
-    gateway.stop()
+    changes = {
+        "circuit_breaker": {"failure_threshold": 1, "open_s": 60},
+        "gateway": {"header_timeout_s": 1, "stream_keepalive_s": 0.5},
+    }
+    with gateway_like(
+        federation, tmp_path, "impatient", changes, {"timeouts": {"first_byte_s": 2}}
+    ) as (_, url):
+        yield url
 
 
 def test_a_site_that_has_the_request_but_is_slow_is_neither_failed_nor_retried(
@@ -219,11 +240,8 @@ def test_connections_that_never_finish_their_headers_are_closed(impatient_gatewa
 
 
 def test_a_stream_waiting_for_its_first_token_is_kept_alive(federation, tmp_path):
-    config = copy.deepcopy(federation.config)
-    config["store"] = {"path": str(tmp_path / "first.db")}
-    config["gateway"] = {"stream_keepalive_s": 0.5}
-    gateway, url = start_standalone_gateway(config, tmp_path / "kept.yaml", "kept")
-    try:
+    keepalive = {"gateway": {"stream_keepalive_s": 0.5}}
+    with gateway_like(federation, tmp_path, "kept", keepalive) as (_, url):
         body = {"model": LATE, "messages": HELLO, "max_tokens": 5, "stream": True}
         with httpx.stream("POST", f"{url}/sites/west{CHAT}", json=body, timeout=60) as stream:
             assert stream.status_code == 200
@@ -243,8 +261,6 @@ def test_a_stream_waiting_for_its_first_token_is_kept_alive(federation, tmp_path
         quick = {**body, "model": "sim-fast"}
         with httpx.stream("POST", f"{url}{CHAT}", json=quick, timeout=60) as stream:
             assert next(stream.iter_lines()).startswith("data: ")
-    finally:
-        gateway.stop()
 
 
 def test_a_refusal_after_the_keep_alive_began_is_the_streams_one_event(impatient_gateway):
@@ -261,19 +277,15 @@ def test_a_refusal_after_the_keep_alive_began_is_the_streams_one_event(impatient
 
 
 def test_a_flood_past_a_sites_bound_gets_fast_503s_and_nothing_else_fails(federation, tmp_path):
-    config = copy.deepcopy(federation.config)
-    config["store"] = {"path": str(tmp_path / "first.db")}
-    for site in config["sites"]:
-        site["max_in_flight"] = 4
-    gateway, url = start_standalone_gateway(config, tmp_path / "bounded.yaml", "bounded")
     body = {"model": SLOW, "messages": HELLO, "max_tokens": 50}  # about 2 s on west
+    bounded = gateway_like(federation, tmp_path, "bounded", {}, {"max_in_flight": 4})
+    with bounded as (_, url):
 
-    def send(_: int) -> tuple[int, float, str]:
-        started = time.monotonic()
-        response = httpx.post(f"{url}/sites/west{CHAT}", json=body, timeout=60)
-        return response.status_code, time.monotonic() - started, response.text
+        def send(_: int) -> tuple[int, float, str]:
+            started = time.monotonic()
+            response = httpx.post(f"{url}/sites/west{CHAT}", json=body, timeout=60)
+            return response.status_code, time.monotonic() - started, response.text
 
-    try:
         with ThreadPoolExecutor(32) as pool:
             results = list(pool.map(send, range(32)))
         served = [r for r in results if r[0] == 200]
@@ -285,8 +297,6 @@ def test_a_flood_past_a_sites_bound_gets_fast_503s_and_nothing_else_fails(federa
         assert "full (4 requests in flight)" in error["message"], error
         # Once they are done, the site takes requests again.
         assert httpx.post(f"{url}/sites/west{CHAT}", json=body, timeout=60).status_code == 200
-    finally:
-        gateway.stop()
 
 
 def drain_and_check(process: FirstProcess, url: str, grace_s: float) -> None:
@@ -326,14 +336,9 @@ def drain_and_check(process: FirstProcess, url: str, grace_s: float) -> None:
 
 
 def test_sigterm_drains_the_standalone_gateway(federation, tmp_path):
-    config = copy.deepcopy(federation.config)
-    config["store"] = {"path": str(tmp_path / "first.db")}
-    config["gateway"] = {"shutdown_grace_s": 30}
-    gateway, url = start_standalone_gateway(config, tmp_path / "drained.yaml", "drained")
-    try:
+    grace = {"gateway": {"shutdown_grace_s": 30}}
+    with gateway_like(federation, tmp_path, "drained", grace) as (gateway, url):
         drain_and_check(gateway, url, 30)
-    finally:
-        gateway.stop()
 
 
 def test_sigterm_drains_the_gateway_on_serve(federation, tmp_path):
