@@ -101,15 +101,18 @@ class InferenceService:
                     self.federation.placer.remember(prefix, meter.site)
                 return response
 
-            work = asyncio.ensure_future(until_disconnected(request, place_and_forward()))
+            answer = until_disconnected(request, place_and_forward())
             keepalive_s = self.config.gateway.stream_keepalive_s
             if keepalive_s and getattr(body, "stream", None):
+                work = asyncio.ensure_future(answer)
                 await asyncio.wait({work}, timeout=keepalive_s)
                 if not work.done():
                     return StreamingResponse(
                         self._kept_alive(work, keepalive_s, meter), media_type=EVENT_STREAM
                     )
-            response = await work
+                response = await work
+            else:
+                response = await answer
         except GatewayError as exc:
             meter.finish(exc.status)
             raise
