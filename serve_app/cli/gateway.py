@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from serve_app.cli.common import (
@@ -67,6 +69,9 @@ def gateway_up(
 
     def announce() -> None:
         where = f"   (sites and their state: {url}/health, {url}/v1/models)"
+        if not standalone:
+            logs = Path(config.gateway.ray.temp_dir or "/tmp/ray") / "session_latest/logs/serve"
+            where += f"\nPer-request logs: {logs}/"
         click.echo(usage_banner("The gateway", url, models, where, api_key), err=True)
         click.echo(f"READY {url}", err=False)
 

@@ -22,6 +22,7 @@ from tests.conftest import (
     records_of,
     start_standalone,
 )
+from tests.support.waiting import eventually
 
 HELLO = [{"role": "user", "content": "Count to ten"}]
 
@@ -165,3 +166,25 @@ def test_first_usage_and_the_usage_route_sum_the_ledger(stack):
         refused = member.get("/v1/usage")
         assert refused.status_code == 403
         assert refused.json()["error"]["code"] == "permission_denied"
+
+
+def test_the_terminal_gets_no_line_per_request_and_serves_files_keep_them(stack):
+    """Ray forwards every replica's stderr to the terminal of `first gateway up`; the
+    access log lines of the gateway's and the site's ingress replicas stay in Serve's files."""
+    with stack.http() as http:
+        for _ in range(3):
+            assert http.get("/v1/models").status_code == 200
+
+    def in_serve_files() -> bool:
+        logs = stack.ray_temp / "session_latest" / "logs" / "serve"
+        return any(
+            "GET /v1/models 200" in log.read_text(errors="replace")
+            for log in logs.glob("replica_*FederatedIngress*.log")
+        )
+
+    eventually(in_serve_files, 30, "the access log lines in Serve's files", interval_s=0.5)
+    process = stack.process
+    terminal = process.log_path.read_text(errors="replace") + process.out_path.read_text()
+    assert "Per-request logs: " in terminal
+    assert "-- GET /v1/models 200" not in terminal
+    assert "-- POST /v1/chat/completions 200" not in terminal
