@@ -53,6 +53,7 @@ from vllm.entrypoints.openai.completion.protocol import (
 )
 from vllm.entrypoints.serve.engine.protocol import PromptTokenUsageInfo, UsageInfo
 
+from deployments.serve_logging import quiet_terminal
 from deployments.site_config import SIMULATED_ENGINE_KEY, SimulatedEngineConfig
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -380,6 +381,10 @@ class SimulatedLLMServer(LLMServer):
     """Ray's LLMServer with the simulated engine plugged in (chosen per model by config)."""
 
     _default_engine_cls = SimulatedEngine
+
+    async def __init__(self, *args: Any, **kwargs: Any) -> None:
+        await super().__init__(*args, **kwargs)
+        quiet_terminal()
 
     @classmethod
     def get_deployment_options(cls, llm_config) -> dict:

@@ -19,7 +19,6 @@ site directly.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import FastAPI
@@ -42,6 +41,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 
+from deployments.serve_logging import quiet_terminal
 from deployments.site_config import SIMULATED_ENGINE_KEY, ModelConfig, SiteConfig
 from deployments.site_errors import MissingModelError, UnknownModelError, register_error_handlers
 
@@ -49,30 +49,12 @@ from deployments.site_errors import MissingModelError, UnknownModelError, regist
 INGRESS_MAX_ONGOING_REQUESTS = 10_000
 
 
-def access_log_in_files_only() -> None:
-    """Keep Serve's per-request access log lines off this replica's stderr.
-
-    Ray forwards a replica's stderr to the terminal of the `first ... up` that
-    started the cluster: one line per request per replica it crosses, which
-    buries the banner, warnings and errors. Serve's own log files (under the
-    Ray session's logs/serve) keep them; Serve's `enable_access_log: false`
-    would drop them there too.
-    """
-    for handler in logging.getLogger("ray.serve").handlers:  # Serve's component logger
-        if type(handler) is logging.StreamHandler:
-            handler.addFilter(_not_an_access_log)
-
-
-def _not_an_access_log(record: logging.LogRecord) -> bool:
-    return not getattr(record, "serve_access_log", False)
-
-
 class SiteIngress(OpenAiIngress):
     """Ray's OpenAI ingress, answering unknown or missing models with OpenAI errors."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        access_log_in_files_only()
+        quiet_terminal()
 
     async def _get_model_id(self, model: str | None) -> str:
         served = list(self._model_cards)

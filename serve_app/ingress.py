@@ -24,7 +24,7 @@ from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 
-from deployments.site_app import access_log_in_files_only
+from deployments.serve_logging import quiet_terminal
 from serve_app.access.ratelimit import LimitBook, Refusal, refuse
 from serve_app.app import build_app
 from serve_app.config import FederationConfig, LimitsConfig
@@ -119,7 +119,7 @@ class FederatedIngress:
         self._limiter = ServeRateLimiter(limiter) if limiter is not None else None
         # One secret for every replica, so a caller's salt is the same whichever answers.
         self._settings = replace(Settings.from_environment(), cache_salt_secret=cache_salt_secret)
-        access_log_in_files_only()
+        quiet_terminal()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_app(self._config, self._settings, on_serve=True, limiter=self._limiter)
