@@ -88,12 +88,16 @@ class InferenceService:
         work: asyncio.Future[Response | None] | None = None
         try:
             self.federation.policy.require_model(caller, model)
-            tokens = tokens_to_reserve(body, self.config.limits)
+            prefix_aware = self.config.placement.policy == "prefix-aware"
+            limits = self.config.limits
+            # The prompt as text, once: the token reservation and prefix placement both read it.
+            prompt = _prompt_of(body) if limits is not None or prefix_aware else ""
+            tokens = tokens_to_reserve(body, prompt, limits)
             meter.reserved_tokens = await self.limiter.admit(caller.user, model, tokens)
 
             async def place_and_forward() -> Response:
                 # A caller held through a cold start may leave; the hold ends with it.
-                prefix = self._prefix(body, salt)
+                prefix = self._prefix(prompt, salt) if prefix_aware else None
                 order = await self.federation.place_or_cold_start(caller, model, site, prefix)
                 self.metrics.placed(model, order)
                 response = await self.forwarder.forward(path, payload, request_id, order, meter)
@@ -174,27 +178,27 @@ class InferenceService:
                 task.add_done_callback(self._background.discard)
             meter.finish(499)  # unless the answer, or a refusal, finished it already
 
-    def _prefix(self, body: OpenAIModel, salt: str | None) -> list[bytes] | None:
-        """The prompt's block hashes under the caller's salt, when placement follows prefixes."""
-        if self.config.placement.policy != "prefix-aware":
-            return None
+    def _prefix(self, prompt: str, salt: str | None) -> list[bytes]:
+        """The prompt's block hashes under the caller's salt, for prefix-aware placement."""
         settings = self.config.placement.prefix
         seed = salt.encode() if salt else b""
-        return prefix_blocks(_prompt_of(body), settings.block_chars, settings.max_blocks, seed)
+        return prefix_blocks(prompt, settings.block_chars, settings.max_blocks, seed)
 
     def _prepare(self, body: OpenAIModel, salt: str | None) -> tuple[bytes, Meter]:
         """The site's request body: the caller's cache salt in place of any the client
         sent; streams always ask the site for usage, to meter them."""
         keep = self.config.ledger.store_content
+        changes: dict = {}
         if salt is not None and isinstance(body, SamplingFields):
-            body = body.model_copy(update={"cache_salt": salt})
+            changes["cache_salt"] = salt
         usage_requested = True
         if getattr(body, "stream", None):
             options = body.stream_options or StreamOptions()
             usage_requested = bool(options.include_usage)
             if not usage_requested:
-                options = options.model_copy(update={"include_usage": True})
-                body = body.model_copy(update={"stream_options": options})
+                changes["stream_options"] = options.model_copy(update={"include_usage": True})
+        if changes:
+            body = body.model_copy(update=changes)
         # Explicit nulls mean "default" in OpenAI's API; some servers choke on them.
         try:
             payload = body.model_dump_json(exclude_none=True).encode()
@@ -238,17 +242,18 @@ class InferenceService:
         return account
 
 
-def tokens_to_reserve(body: OpenAIModel, limits: LimitsConfig | None) -> int:
-    """The most a request may use: its prompt, estimated, and every completion's limit."""
+def tokens_to_reserve(body: OpenAIModel, prompt: str, limits: LimitsConfig | None) -> int:
+    """The most a request may use: its prompt (`_prompt_of`), estimated, and every
+    completion's limit."""
     if limits is None:
         return 0
-    prompt = len(_prompt_of(body)) // CHARS_PER_TOKEN + 1
+    prompt_tokens = len(prompt) // CHARS_PER_TOKEN + 1
     if not isinstance(body, SamplingFields):  # an embedding: a prompt only
-        return prompt
+        return prompt_tokens
     completion = (
         getattr(body, "max_completion_tokens", None) or body.max_tokens or limits.default_max_tokens
     )
-    return prompt + completion * (body.n or 1)
+    return prompt_tokens + completion * (body.n or 1)
 
 
 async def _discard(response: StreamingResponse) -> None:
