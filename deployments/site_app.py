@@ -19,6 +19,7 @@ site directly.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import FastAPI
@@ -37,13 +38,19 @@ from ray.llm._internal.serve.observability.metrics.fast_api_metrics import (
 )
 from ray.serve.config import RequestRouterConfig
 from ray.serve.deployment import Application
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 
 from deployments.serve_logging import quiet_terminal
 from deployments.site_config import SIMULATED_ENGINE_KEY, ModelConfig, SiteConfig
-from deployments.site_errors import MissingModelError, UnknownModelError, register_error_handlers
+from deployments.site_errors import (
+    MissingModelError,
+    ModelFullError,
+    UnknownModelError,
+    register_error_handlers,
+)
 
 # Ray's default for the ingress is effectively unbounded; the engines queue.
 INGRESS_MAX_ONGOING_REQUESTS = 10_000
@@ -55,6 +62,17 @@ class SiteIngress(OpenAiIngress):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         quiet_terminal()
+
+    async def _get_response(self, **kwargs: Any) -> AsyncGenerator[Any, None]:
+        """Ray's, with a full model's refusal in the OpenAI shape: Serve answers its
+        BackPressureError with a plain-text 503 of its own."""
+        try:
+            async for response in super()._get_response(**kwargs):
+                yield response
+        except BackPressureError as exc:
+            model = kwargs["body"].model
+            queued = exc.args[1]  # max_queued_requests; Ray keeps the arguments only
+            raise ModelFullError(model, queued, FULL_RETRY_AFTER_S) from None
 
     async def _get_model_id(self, model: str | None) -> str:
         served = list(self._model_cards)
@@ -75,11 +93,18 @@ def _placement_bundles(model: ModelConfig) -> list[dict[str, float]]:
     return [{"GPU": 1, "CPU": resources.cpus}] * resources.gpus
 
 
+FULL_RETRY_AFTER_S = 2
 PREFIX_ROUTER = "ray.serve.llm.request_router.PrefixCacheAffinityRouter"
 
 
 def _deployment_config(model: ModelConfig) -> dict[str, Any]:
-    config: dict[str, Any] = {"autoscaling_config": model.autoscaling.serve_config()}
+    config: dict[str, Any] = {
+        "autoscaling_config": model.autoscaling.serve_config(),
+        "max_ongoing_requests": model.max_ongoing_requests,
+        "max_queued_requests": model.max_queued_requests,
+        # A full site's 503 says when to come back: its queue drains in about that.
+        "backpressure_config": {"retry_after_s": FULL_RETRY_AFTER_S},
+    }
     if model.request_router == "prefix-aware":
         config["request_router_config"] = {"request_router_class": PREFIX_ROUTER}
     return config

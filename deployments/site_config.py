@@ -216,6 +216,21 @@ class ModelConfig(StrictConfig):
         default_factory=lambda: AutoscalingChoice(preset="hot"),
         description="A preset name, or a mapping with `preset` and Serve fields.",
     )
+    max_ongoing_requests: int = Field(
+        1024,
+        ge=1,
+        description="Requests one replica holds at once, running or waiting in the engine's "
+        "own queue (Ray Serve LLM's default is a billion: no bound). vLLM batches up to its "
+        "max_num_seqs of them; the rest wait in its scheduler.",
+    )
+    max_queued_requests: int = Field(
+        1024,
+        ge=1,
+        description="Requests that wait in Serve for a replica once every replica holds "
+        "max_ongoing_requests; past it the site answers 503 with Retry-After at once, so "
+        "callers back off and the site's memory stays flat (Serve's max_queued_requests, "
+        "counted per caller: per ingress replica, per batch job).",
+    )
     stream_interval_ms: int | None = Field(
         None,
         ge=0,
@@ -325,7 +340,26 @@ class RayClusterConfig(StrictConfig):
         8266, ge=1, le=65535, description="Port where Ray exports Prometheus metrics."
     )
     temp_dir: str | None = Field(None, description="Ray's session folder (default /tmp/ray).")
+    serve_logs_dir: str | None = Field(
+        None,
+        description="Folder of Serve's log files (its controller, proxy and every replica: "
+        "one access log line per request, warnings, errors); relative to the folder `first` "
+        "runs in. Default: the Ray session's logs/serve. The terminal shows none of the "
+        "per-request lines either way.",
+    )
     haproxy: HAProxyConfig = Field(default_factory=HAProxyConfig)
+
+    def serve_logging(self) -> dict[str, str] | None:
+        """Serve's `logging_config` for what runs on this cluster (None: Serve's own)."""
+        if self.serve_logs_dir is None:
+            return None
+        return {"logs_dir": str(Path(self.serve_logs_dir).resolve())}
+
+    def serve_logs_path(self) -> Path:
+        """Where Serve's log files go."""
+        if self.serve_logs_dir is not None:
+            return Path(self.serve_logs_dir).resolve()
+        return Path(self.temp_dir or "/tmp/ray") / "session_latest/logs/serve"
 
 
 class ServeHttpConfig(StrictConfig):

@@ -52,12 +52,30 @@ class MissingModelError(OpenAIHTTPException):
         )
 
 
+class ModelFullError(OpenAIHTTPException):
+    """Every replica of the model holds its `max_ongoing_requests` and Serve's queue for
+    them is full: the site refuses at once rather than queue without bound."""
+
+    def __init__(self, model: str, queued: int, retry_after_s: int):
+        super().__init__(
+            status_code=503,
+            message=f"Model {model!r} is at capacity on this site (its queue of {queued} "
+            f"requests is full). Retry after {retry_after_s} s.",
+            type="model_at_capacity",
+        )
+        self.retry_after_s = retry_after_s
+
+
 async def _openai_exception(request: Request, exc: OpenAIHTTPException) -> JSONResponse:
-    code = exc.type if isinstance(exc, UnknownModelError | MissingModelError) else None
+    coded = UnknownModelError | MissingModelError | ModelFullError
+    code = exc.type if isinstance(exc, coded) else None
     # vLLM ends validation messages with "(parameter=NAME, value=...)": make that the param.
     match = _VLLM_PARAMETER.search(exc.message)
     message = exc.message[: match.start()] if match else exc.message
-    return error_response(exc.status_code, message, param=match and match["name"], code=code)
+    response = error_response(exc.status_code, message, param=match and match["name"], code=code)
+    if isinstance(exc, ModelFullError):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 async def _vllm_client_error(request: Request, exc: VLLMClientError) -> JSONResponse:

@@ -136,9 +136,11 @@ def start_ray(cluster: RayClusterConfig) -> None:
     )
 
 
-def deploy(site: SiteConfig) -> None:
+def deploy(site: SiteConfig, cluster: RayClusterConfig) -> None:
     """Start Serve's ingress on the site's address and run the site's applications: each
-    directly streamed model's own first (the site's ingress holds their handles)."""
+    directly streamed model's own first (the site's ingress holds their handles).
+    `cluster` is the Ray cluster's config (the site's own, or its gateway's when colocated):
+    where Serve's logs go."""
     from ray import serve
     from ray.serve._private.constants import RAY_SERVE_ENABLE_HA_PROXY
 
@@ -150,7 +152,11 @@ def deploy(site: SiteConfig) -> None:
             "ray.haproxy.enabled, but this process imported Ray Serve without "
             "RAY_SERVE_ENABLE_HA_PROXY=1: set it, or set ray.haproxy.enabled: false"
         )
-    serve.start(http_options={"host": site.serve.host, "port": site.serve.port})
+    logging_config = cluster.serve_logging()
+    serve.start(
+        http_options={"host": site.serve.host, "port": site.serve.port},
+        logging_config=logging_config,
+    )
     try:
         direct = {}
         for model in site.direct_models():
@@ -160,6 +166,7 @@ def deploy(site: SiteConfig) -> None:
                 name=app_name,
                 route_prefix=site.serve.route_prefix.rstrip("/") + site.model_route(model),
                 blocking=False,
+                logging_config=logging_config,
             )
             direct[model.id] = serve.get_deployment_handle(deployment_name(model.id), app_name)
         serve.run(
@@ -167,6 +174,7 @@ def deploy(site: SiteConfig) -> None:
             name=site.serve.app_name,
             route_prefix=site.serve.route_prefix,
             blocking=False,
+            logging_config=logging_config,
         )
     except RuntimeError as error:  # Serve's word for a replica that did not start
         reason = str(error).strip().splitlines()[0]
@@ -224,7 +232,7 @@ def bring_up(site: SiteConfig, timeout_s: float, progress: Progress) -> None:
     progress("starting Ray" if not site.ray.address else f"joining Ray at {site.ray.address}")
     start_ray(site.ray)
     progress(f"deploying {len(site.models)} model(s): {', '.join(m.id for m in site.models)}")
-    deploy(site)
+    deploy(site, site.ray)
     wait_until_answering(site, timeout_s, progress)
 
 

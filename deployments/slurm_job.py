@@ -133,7 +133,7 @@ def serve(spec_file, address: str, nodes: int, serve_port: int, dashboard_port: 
         ray.init(address=address, logging_level="WARNING")
         _wait_for_nodes(nodes, deadline)
         append_event(events_path, "ray_up", nodes=nodes)
-        deploy(site)
+        deploy(site, site.ray)
         wait_until_answering(
             site, max(deadline - time.monotonic(), 1.0), lambda m: print(f"[first] {m}")
         )

@@ -113,10 +113,14 @@ def bring_up_on_serve(config: FederationConfig, timeout_s: float, progress: Prog
         progress(f"joining Ray at {ray_at}" if ray_at else "starting Ray")
         start_ray(config.gateway.ray)
         # The gateway's address; colocated sites share this proxy (same host and port).
-        serve.start(http_options={"host": config.gateway.host, "port": config.gateway.port})
+        cluster = config.gateway.ray
+        serve.start(
+            http_options={"host": config.gateway.host, "port": config.gateway.port},
+            logging_config=cluster.serve_logging(),
+        )
         for site in config.colocated_sites:
             progress(f"deploying site {site.name}: {', '.join(m.id for m in site.models)}")
-            deploy(site)
+            deploy(site, cluster)
         progress("deploying the gateway")
         if config.metrics.enabled:
             empty_multiprocess_directory(config)
@@ -125,6 +129,7 @@ def bring_up_on_serve(config: FederationConfig, timeout_s: float, progress: Prog
             name=config.gateway.app_name,
             route_prefix="/",
             blocking=False,
+            logging_config=cluster.serve_logging(),
         )
         if config.keeper.in_gateway and config.slurm_sites:
             progress("deploying the hot-node keeper")
@@ -133,6 +138,7 @@ def bring_up_on_serve(config: FederationConfig, timeout_s: float, progress: Prog
                 name=keeper_app_name(config),
                 route_prefix=None,
                 blocking=False,
+                logging_config=cluster.serve_logging(),
             )
         for site in config.colocated_sites:
             wait_until_answering(site, max(deadline - time.monotonic(), 1.0), progress)

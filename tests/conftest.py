@@ -253,7 +253,10 @@ def stack(tiny_model_dir, tmp_path_factory, globus_auth) -> Iterator[RunningStac
     federation["gateway"]["port"] = free_port()
     federation["gateway"]["autoscaling"] = {"min_replicas": 2, "max_replicas": 2}
     federation["gateway"]["ray"].update(
-        dashboard_port=free_port(), metrics_export_port=free_port(), temp_dir=str(ray_temp)
+        dashboard_port=free_port(),
+        metrics_export_port=free_port(),
+        temp_dir=str(ray_temp),
+        serve_logs_dir=str(workdir / "serve-logs"),  # not the checkout's .first/
     )
     if HAPROXY:
         federation["gateway"]["ray"]["haproxy"] = {"enabled": True}

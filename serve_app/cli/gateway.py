@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from serve_app.cli.common import (
@@ -70,8 +68,7 @@ def gateway_up(
     def announce() -> None:
         where = f"   (sites and their state: {url}/health, {url}/v1/models)"
         if not standalone:
-            logs = Path(config.gateway.ray.temp_dir or "/tmp/ray") / "session_latest/logs/serve"
-            where += f"\nPer-request logs: {logs}/"
+            where += f"\nPer-request logs: {config.gateway.ray.serve_logs_path()}/"
         click.echo(usage_banner("The gateway", url, models, where, api_key), err=True)
         click.echo(f"READY {url}", err=False)
 

@@ -39,7 +39,8 @@ def site_up(config_path: str, port: int | None, timeout_s: float) -> None:
 
     def announce() -> None:
         models = [m.id for m in site_config.models]
-        banner = usage_banner(f"Site {site_config.name!r}", site_config.base_url, models)
+        logs = f"\nPer-request logs: {site_config.ray.serve_logs_path()}/"
+        banner = usage_banner(f"Site {site_config.name!r}", site_config.base_url, models, logs)
         click.echo(banner, err=True)
         click.echo(f"READY {site_config.base_url}", err=False)
 

@@ -5,7 +5,8 @@ several times faster than `httpx` here, whose connection pool checks every
 pooled connection on each request (bench/README.md). A request goes to the sites in the
 order placement chose; a site that fails before it has the request
 (refused, reset, or 502/503/504) is skipped for the next, and its circuit
-breaker hears of it. A site that has the request but has not answered
+breaker hears of it, unless its 503 carries a Retry-After: the site is full
+(its queue bound), not broken, and the caller's 503 says when to come back. A site that has the request but has not answered
 within `first_byte_s` is neither: it may still be generating (a long
 non-streaming answer sends its headers only at the end), so the request
 is not sent a second time elsewhere, the caller gets a 504, and a slow
@@ -69,6 +70,7 @@ class _Attempt:
         self.model = model
         self.failures: list[str] = []
         self.timed_out = False
+        self.retry_after_s: int | None = None  # the soonest a full site said to come back
 
 
 class Forwarder:
@@ -109,7 +111,7 @@ class Forwarder:
             raise UpstreamTimeoutError(f"No site answered in time ({summary}).")
         raise NoSiteAvailableError(
             f"No site could take the request ({summary}). Retry later.",
-            retry_after_s=self.retry_after_s,
+            retry_after_s=attempt.retry_after_s or self.retry_after_s,
         )
 
     async def _send(
@@ -151,8 +153,17 @@ class Forwarder:
             state.breaker.abandon()
             raise
         if response.status in RETRYABLE_STATUSES:
+            retry_after = response.headers.get("retry-after", "")
             response.release()
             state.request_ended(model)
+            if response.status == 503 and retry_after.isdigit():
+                # The site is full (its queue bound, Serve's max_queued_requests), not broken.
+                state.breaker.abandon()
+                attempt.failures.append(f"{state.name}: full")
+                seconds = int(retry_after)
+                attempt.retry_after_s = min(attempt.retry_after_s or seconds, seconds)
+                self.metrics.retry(state.name, "full")
+                return None
             state.breaker.record_failure(time.monotonic())
             attempt.failures.append(f"{state.name}: HTTP {response.status}")
             self.metrics.retry(state.name, f"http_{response.status}")

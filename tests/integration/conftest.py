@@ -9,7 +9,8 @@ every second so a stopped site shows as down within a few seconds.
 - sim-skew: fast on east, slow on west (most traffic must go east);
 - sim-fast: east only, zero delay (the fuzzer's target);
 - sim-ghost: only on the ghost site (no healthy site serves it: 503);
-- sim-late: west only, 3 s to its first token (a stream that waits).
+- sim-late: west only, 3 s to its first token (a stream that waits);
+- sim-narrow: west only, 2 s per answer, 2 at once and 2 queued in Serve (a full site).
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ SITE_MODELS = {
         _simulated("sim-even", 20, 5),
         _simulated("sim-skew", 200, 40),
         _simulated("sim-late", 3000, 5),
+        {
+            **_simulated("sim-narrow", 2000, 5),
+            "engine_kwargs": {"ttft_ms": 2000, "tpot_ms": 5, "max_num_seqs": 2},
+            "max_ongoing_requests": 2,
+            "max_queued_requests": 2,
+        },
     ],
 }
 

@@ -46,6 +46,7 @@ def fast_site(tiny_model_dir, tmp_path_factory):
         dashboard_port=free_port(),
         metrics_export_port=free_port(),
         temp_dir=str(ray_temp),
+        serve_logs_dir=str(workdir / "serve-logs"),
         haproxy={"enabled": True},
     )
     site["serve"]["port"] = free_port()

@@ -299,6 +299,36 @@ def test_a_flood_past_a_sites_bound_gets_fast_503s_and_nothing_else_fails(federa
         assert httpx.post(f"{url}/sites/west{CHAT}", json=body, timeout=60).status_code == 200
 
 
+def test_a_full_site_refuses_at_once_and_is_not_counted_as_failed(federation):
+    """sim-narrow holds 2 requests and queues 2 in Serve: the rest are refused by the
+    site in the OpenAI shape with Retry-After, and the gateway passes that on as a
+    fast 503 without opening the site's circuit (threshold 2 here)."""
+    body = {"model": "sim-narrow", "messages": HELLO, "max_tokens": 4}
+    site_url = f"http://127.0.0.1:{federation.sites['west'].config['serve']['port']}"
+
+    def send(url: str) -> tuple[int, float, httpx.Response]:
+        started = time.monotonic()
+        response = httpx.post(f"{url}{CHAT}", json=body, timeout=60)
+        return response.status_code, time.monotonic() - started, response
+
+    for url in (site_url, federation.gateway_url):
+        with ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(send, [url] * 12))
+        statuses = sorted(status for status, _, _ in results)
+        assert set(statuses) == {200, 503} and statuses.count(200) >= 2, (url, statuses)
+        refused = [(took, response) for status, took, response in results if status == 503]
+        assert max(took for took, _ in refused) < 1.5, (url, [t for t, _ in refused])
+        expected = "at capacity on this site" if url == site_url else "(west: full)"
+        for _, response in refused:
+            assert response.headers["retry-after"] == "2", (url, response.headers)
+            # Each refusal, not only the first: had "full" counted as failing, the
+            # circuit would be open after two, and the rest would say so.
+            assert expected in response.json()["error"]["message"], (url, response.text)
+    # The site was full, not broken: its circuit stays closed and it answers at once.
+    status, took, _ = send(federation.gateway_url)
+    assert status == 200 and took < 5, (status, took)
+
+
 def drain_and_check(process: FirstProcess, url: str, grace_s: float) -> None:
     """SIGTERM `process` while a stream of about 4 s is in flight: the stream ends whole,
     new requests are turned away meanwhile, and the process exits 0 within the grace."""

@@ -170,13 +170,15 @@ def test_first_usage_and_the_usage_route_sum_the_ledger(stack):
 
 def test_the_terminal_gets_no_line_per_request_and_serves_files_keep_them(stack):
     """Ray forwards every replica's stderr to the terminal of `first gateway up`; the
-    access log lines of the gateway's and the site's ingress replicas stay in Serve's files."""
+    access log lines of the gateway's and the site's ingress replicas stay in Serve's files,
+    in the folder the config names (`.first/logs/serve` in the shipped one) and the banner
+    shows."""
     with stack.http() as http:
         for _ in range(3):
             assert http.get("/v1/models").status_code == 200
 
     def in_serve_files() -> bool:
-        logs = stack.ray_temp / "session_latest" / "logs" / "serve"
+        logs = stack.workdir / "serve-logs"
         return any(
             "GET /v1/models 200" in log.read_text(errors="replace")
             for log in logs.glob("replica_*FederatedIngress*.log")
@@ -185,6 +187,6 @@ def test_the_terminal_gets_no_line_per_request_and_serves_files_keep_them(stack)
     eventually(in_serve_files, 30, "the access log lines in Serve's files", interval_s=0.5)
     process = stack.process
     terminal = process.log_path.read_text(errors="replace") + process.out_path.read_text()
-    assert "Per-request logs: " in terminal
+    assert f"Per-request logs: {stack.workdir / 'serve-logs'}/" in terminal
     assert "-- GET /v1/models 200" not in terminal
     assert "-- POST /v1/chat/completions 200" not in terminal
