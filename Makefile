@@ -21,7 +21,7 @@ LITELLM_VENV := .first/litellm-venv
 LITELLM_VERSION := 1.108.7
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
 
-.PHONY: install dev-slurm prometheus run run-slurm monitor test test-fast test-haproxy lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics bench-request-cost clean
+.PHONY: install dev-slurm prometheus run run-slurm monitor test test-fast test-haproxy lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics bench-request-cost bench-overload clean
 
 install: $(STAMP)
 
@@ -89,7 +89,7 @@ docs: install
 	$(BIN)/python docs/generate.py
 
 # The benchmark harness (bench/suite.py): JSON and PNG under bench/results/, the
-# summary table in bench/README.md. `bench` is the quick set (under 10 minutes);
+# summary table in bench/README.md. `bench` is the quick set (about 11 minutes);
 # `bench-full` runs every benchmark at full length (about an hour here).
 bench: install $(TINY_MODEL)/config.json $(PREFIX_MODEL)/config.json
 	$(BIN)/python -m bench.suite
@@ -132,6 +132,9 @@ bench-metrics: install wrk
 
 bench-request-cost: install wrk
 	$(BIN)/python -m bench.request_cost_bench --out bench/results/request_cost.json
+
+bench-overload: install
+	$(BIN)/python -m bench.overload_bench --out bench/results/overload.json
 
 clean:
 	rm -rf $(VENV) .first .pytest_cache

@@ -1,10 +1,10 @@
 """One harness for the benchmarks: run them, plot them, and check every target in one table.
 
-`make bench` (quick: routing, prefix-aware routing and the concurrency curve,
-under 10 minutes here) and `make bench-full` (those at full length, plus the
-gateway against LiteLLM, cold start on Slurm, batch against interactive and
-the metrics' cost). Each benchmark writes its JSON under bench/results/;
-this stamps each with the machine and commit it ran on, draws the PNG plots
+`make bench` (quick: routing, prefix-aware routing, the concurrency curve and
+overload, about 11 minutes here) and `make bench-full` (those at full length,
+plus the gateway against LiteLLM, cold start on Slurm, batch against
+interactive and the metrics' cost). Each benchmark writes its JSON under
+bench/results/; this stamps each with the machine and commit it ran on, draws the PNG plots
 (bench/plots.py) and rewrites the summary table at the top of
 bench/README.md from every result present, run now or committed earlier.
 """
@@ -51,6 +51,7 @@ SUITES = (
     Suite("batch", "bench.batch_bench", None),
     Suite("metrics", "bench.metrics_bench", None),
     Suite("request_cost", "bench.request_cost_bench", None),
+    Suite("overload", "bench.overload_bench", ("--quick",)),
 )
 
 
@@ -223,6 +224,28 @@ def _request_cost(r: dict) -> tuple[str, bool]:
     return text, added < r["target_ms"]
 
 
+def _overload(r: dict) -> tuple[str, bool]:
+    target, rss = r["target"], r["gateway_rss_mib"]
+    loads = "; ".join(
+        f"{run['load']:g}x: goodput {run['goodput_requests_per_s']:.1f} req/s, "
+        f"{run['share']['429'] + run['share']['503']:.0%} refused, "
+        f"refusals p99 {run['latency_refused'].get('p99_ms', 0):.1f} ms"
+        for run in r["runs"]
+    )
+    text = (
+        f"capacity {r['yardstick']['goodput_requests_per_s']:.1f} req/s; {loads}; "
+        f"gateway RSS {rss['before']:.0f} → {rss['after']:.0f} MiB ({r['rss_growth']:+.1%})"
+    )
+    if not r["every_refusal_had_retry_after"]:
+        text += "; some refusals lacked Retry-After"
+    met = (
+        r["refusal_p99_ms_worst"] < target["refusal_p99_ms"]
+        and r["rss_growth"] <= target["rss_growth_max"]
+        and r["every_refusal_had_retry_after"]
+    )
+    return text, met
+
+
 CHECKS: dict[str, tuple[str, Callable[[dict], tuple[str, bool]]]] = {
     "gateway": (
         "ingress added latency below LiteLLM; standalone ≤ 1.5x a bare forwarder",
@@ -241,6 +264,11 @@ CHECKS: dict[str, tuple[str, Callable[[dict], tuple[str, bool]]]] = {
     "request_cost": (
         "token reservation and cache salting under 0.2 ms p50 at concurrency 1",
         _request_cost,
+    ),
+    "overload": (
+        "at 2x and 5x capacity, refusals (429/503, with Retry-After) p99 under 50 ms; "
+        "gateway RSS after within 10% of before",
+        _overload,
     ),
 }
 

@@ -8,6 +8,7 @@ it: a Serve replica or the uvicorn process.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -53,6 +54,10 @@ def build_app(
             config, settings or Settings.from_environment(), limiter, with_keeper
         )
         app.state.services = services
+        # What start-up made lives as long as the process: out of the collector's way, so
+        # a full collection walks only what requests make (one over the imports and
+        # config took 82 ms here, and every request in flight waited for it).
+        gc.freeze()
         try:
             yield
         finally:

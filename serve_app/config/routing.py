@@ -69,7 +69,10 @@ class PlacementConfig(StrictConfig):
         3, ge=1, description="Sites tried for one request when each fails before its first byte."
     )
     retry_after_s: int = Field(
-        10, ge=1, description="Retry-After sent with a 503 when no site can serve."
+        10,
+        ge=1,
+        description="Retry-After sent with a 503 when no site can serve (1 s when every site "
+        "is only full: a place frees as soon as one answer ends).",
     )
 
 

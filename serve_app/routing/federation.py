@@ -136,9 +136,10 @@ class Federation:
         candidates = [c for s in states if (c := s.candidate(model, now)) is not None]
         if not candidates:
             reasons = ", ".join(f"{s.name} is {_why_not(s, model, now)}" for s in states)
+            full = all(s.full(model) for s in states)
             raise NoSiteAvailableError(
                 f"No site can serve the model {model!r} right now ({reasons}). Retry later.",
-                retry_after_s=self.config.placement.retry_after_s,
+                retry_after_s=FULL_RETRY_AFTER_S if full else self.config.placement.retry_after_s,
             )
         ordered = self.placer.order(candidates, prefix)
         return [c.site for c in ordered[: self.config.placement.max_attempts]]
@@ -192,6 +193,10 @@ class Federation:
             for state in self.sites.values()
             if state.status is not None and not state.config.colocated
         ]
+
+
+# Every site holds its max_in_flight: a place frees as soon as any of those answers ends.
+FULL_RETRY_AFTER_S = 1
 
 
 def _why_not(state: SiteState, model: str, now: float) -> str:

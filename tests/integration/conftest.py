@@ -30,7 +30,7 @@ from tests.support.processes import FirstProcess, start_standalone_gateway
 SITE_START_TIMEOUT_S = 300
 
 
-def _simulated(model_id: str, ttft_ms: float, tpot_ms: float) -> dict:
+def simulated_model(model_id: str, ttft_ms: float, tpot_ms: float) -> dict:
     return {
         "id": model_id,
         "engine": "simulated",
@@ -42,16 +42,16 @@ def _simulated(model_id: str, ttft_ms: float, tpot_ms: float) -> dict:
 
 SITE_MODELS = {
     "east": [
-        _simulated("sim-even", 20, 5),
-        _simulated("sim-skew", 10, 2),
-        _simulated("sim-fast", 0, 0),
+        simulated_model("sim-even", 20, 5),
+        simulated_model("sim-skew", 10, 2),
+        simulated_model("sim-fast", 0, 0),
     ],
     "west": [
-        _simulated("sim-even", 20, 5),
-        _simulated("sim-skew", 200, 40),
-        _simulated("sim-late", 3000, 5),
+        simulated_model("sim-even", 20, 5),
+        simulated_model("sim-skew", 200, 40),
+        simulated_model("sim-late", 3000, 5),
         {
-            **_simulated("sim-narrow", 2000, 5),
+            **simulated_model("sim-narrow", 2000, 5),
             "engine_kwargs": {"ttft_ms": 2000, "tpot_ms": 5, "max_num_seqs": 2},
             "max_ongoing_requests": 2,
             "max_queued_requests": 2,
@@ -97,7 +97,7 @@ class SimulatedSite:
             shutil.rmtree(temp, ignore_errors=True)
 
 
-def _site_config(name: str, models: list[dict]) -> dict:
+def site_config(name: str, models: list[dict]) -> dict:
     return {
         "name": name,
         "ray": {"dashboard_port": free_port(), "metrics_export_port": free_port()},
@@ -118,10 +118,12 @@ class Federation:
 def federation(tmp_path_factory) -> Iterator[Federation]:
     workdir = tmp_path_factory.mktemp("federation")
     sites = {
-        name: SimulatedSite(name, workdir, _site_config(name, models))
+        name: SimulatedSite(name, workdir, site_config(name, models))
         for name, models in SITE_MODELS.items()
     }
-    ghost = _site_config("ghost", [_simulated("sim-even", 20, 5), _simulated("sim-ghost", 0, 0)])
+    ghost = site_config(
+        "ghost", [simulated_model("sim-even", 20, 5), simulated_model("sim-ghost", 0, 0)]
+    )
     config = {
         # Routing tests: anyone may call, without limits; the ledger stays in the workdir.
         "auth": {"required": False},

@@ -130,9 +130,12 @@ def test_cancelling_a_running_batch_keeps_what_ran(client):
         client.batches.cancel(batch.id)
 
 
-def test_a_batch_survives_its_gateway_being_killed_and_nothing_is_duplicated(
-    stack, tmp_path, globus_auth
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_batch_survives_its_gateway_stopping_and_nothing_is_duplicated(
+    stack, tmp_path, globus_auth, signum
 ):
+    """SIGTERM: the gateway drains and exits, handing its lease back; SIGKILL: no clean
+    shutdown, so the next gateway takes the batch over once the lease expires."""
     sections = {
         "store": {"path": str(tmp_path / "restart.db")},
         "batch": {"poll_interval_s": 0.5, "lease_s": 3},
@@ -145,8 +148,8 @@ def test_a_batch_survives_its_gateway_being_killed_and_nothing_is_duplicated(
         input_file_id=upload(client, long_batch(count)), endpoint=CHAT, completion_window="24h"
     )
     wait_until(client, batch.id, lambda b: b.request_counts.completed > 0)
-    os.killpg(gateway.process.pid, signal.SIGKILL)  # no clean shutdown: the lease must expire
-    gateway.process.wait(timeout=30)
+    os.killpg(gateway.process.pid, signum)
+    assert gateway.process.wait(timeout=60) == (0 if signum == signal.SIGTERM else -signum)
 
     again, url = start_standalone(stack, tmp_path, globus_auth, **sections)
     try:

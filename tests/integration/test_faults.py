@@ -9,6 +9,7 @@ a test needs: 300 tokens take about 12 s, longer than the fixture's
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import json
@@ -21,11 +22,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import aiohttp
 import httpx
 import openai
 import pytest
 import yaml
 
+from deployments.site_functions import site_status
+from deployments.site_status import SiteStatus
 from tests.conftest import free_port, private_ray_temp
 from tests.support.processes import FirstProcess, start_standalone_gateway
 from tests.support.waiting import eventually
@@ -281,10 +285,11 @@ def test_a_flood_past_a_sites_bound_gets_fast_503s_and_nothing_else_fails(federa
     bounded = gateway_like(federation, tmp_path, "bounded", {}, {"max_in_flight": 4})
     with bounded as (_, url):
 
-        def send(_: int) -> tuple[int, float, str]:
+        def send(_: int) -> tuple[int, float, str, httpx.Headers]:
             started = time.monotonic()
             response = httpx.post(f"{url}/sites/west{CHAT}", json=body, timeout=60)
-            return response.status_code, time.monotonic() - started, response.text
+            took = time.monotonic() - started
+            return response.status_code, took, response.text, response.headers
 
         with ThreadPoolExecutor(32) as pool:
             results = list(pool.map(send, range(32)))
@@ -292,9 +297,11 @@ def test_a_flood_past_a_sites_bound_gets_fast_503s_and_nothing_else_fails(federa
         refused = [r for r in results if r[0] == 503]
         assert len(served) + len(refused) == 32, [r[0] for r in results]
         assert 4 <= len(served) < 32, len(served)
-        assert all(took < 1.5 for _, took, _ in refused), sorted(t for _, t, _ in refused)
+        assert all(took < 1.5 for _, took, _, _ in refused), sorted(r[1] for r in refused)
         error = json.loads(refused[0][2])["error"]
         assert "full (4 requests in flight)" in error["message"], error
+        # A place frees as soon as one answer ends: come back in a second, not ten.
+        assert {headers.get("retry-after") for _, _, _, headers in refused} == {"1"}
         # Once they are done, the site takes requests again.
         assert httpx.post(f"{url}/sites/west{CHAT}", json=body, timeout=60).status_code == 200
 
@@ -327,6 +334,52 @@ def test_a_full_site_refuses_at_once_and_is_not_counted_as_failed(federation):
     # The site was full, not broken: its circuit stays closed and it answers at once.
     status, took, _ = send(federation.gateway_url)
     assert status == 200 and took < 5, (status, took)
+
+
+def site_ongoing(federation, model: str) -> dict[str, float]:
+    """Requests inside `model`'s replicas at east and west, from Serve's own gauges."""
+    ongoing = {}
+    for name in ("east", "west"):
+        status = SiteStatus.model_validate(site_status(federation.sites[name].config))
+        ongoing[name] = next(m.ongoing_requests for m in status.models if m.id == model)
+    return ongoing
+
+
+def test_200_clients_leaving_mid_stream_leave_nothing_running(federation):
+    """Each stream would run for most of a minute (2,000 tokens at 64 sequences a site); its client
+    reads the first event, or waits 5 s for one, and goes. The gateway's in-flight counts
+    and the sites' own count of requests inside their replicas fall back to zero: the
+    requests were cancelled at the sites, not left to run out."""
+    url = federation.gateway_url
+    body = {"model": "sim-even", "messages": HELLO, "max_tokens": 2000, "stream": True}
+
+    async def leave_early(session: aiohttp.ClientSession) -> bool:
+        """Whether the stream had begun when its client left."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5), session.post(f"{url}{CHAT}", json=body) as stream:
+                async for line in stream.content:
+                    if line.startswith(b"data: "):
+                        return True
+        return False
+
+    async def clients() -> list[bool]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            return await asyncio.gather(*(leave_early(session) for _ in range(200)))
+
+    began = sum(asyncio.run(clients()))
+    assert began >= 64, began  # the sites had taken them: there was something to cancel
+
+    def in_flight() -> int:
+        report = httpx.get(f"{url}/health", timeout=10).json()
+        return sum(site["in_flight"] for site in report["sites"])
+
+    eventually(lambda: in_flight() == 0, 10, "no request in flight at the gateway")
+    eventually(
+        lambda: not any(site_ongoing(federation, "sim-even").values()),
+        30,
+        "no sim-even request inside a replica at east or west",
+        interval_s=1,
+    )
 
 
 def drain_and_check(process: FirstProcess, url: str, grace_s: float) -> None:

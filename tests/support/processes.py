@@ -92,6 +92,22 @@ class FirstProcess:
     def running(self) -> bool:
         return self.process.poll() is None
 
+    def signal_tree(self, signum: signal.Signals) -> int:
+        """Send `signum` to the command and every process under it, the Ray workers
+        too (they start sessions of their own, so its process group misses them):
+        a machine frozen (SIGSTOP), thawed (SIGCONT) or gone (SIGKILL). How many got it."""
+        try:
+            tree = psutil.Process(self.process.pid)
+            processes = [tree, *tree.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        sent = 0
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signum)
+                sent += 1
+        return sent
+
     def stop(self, grace_s: float = 90.0) -> None:
         """SIGTERM (a clean shutdown), then whatever is left in its process group."""
         if self.process.poll() is None:
