@@ -25,7 +25,7 @@ from starlette.responses import Response, StreamingResponse
 from deployments.openai_errors import field_path, lone_surrogate_at, sse_error_event
 from serve_app.access.cache_salt import CacheSalter
 from serve_app.access.policy import Principal
-from serve_app.access.ratelimit import RateLimiter
+from serve_app.access.ratelimit import Admission, RateLimiter
 from serve_app.config import FederationConfig, LimitsConfig
 from serve_app.errors import GatewayError, InvalidRequestError
 from serve_app.middleware import until_disconnected
@@ -93,7 +93,11 @@ class InferenceService:
             # The prompt as text, once: the token reservation and prefix placement both read it.
             prompt = _prompt_of(body) if limits is not None or prefix_aware else ""
             tokens = tokens_to_reserve(body, prompt, limits)
-            meter.reserved_tokens = await self.limiter.admit(caller.user, model, tokens)
+            admission = await self.limiter.admit(caller.user, model, tokens)
+            meter.reserved_tokens, meter.holds_place = (
+                admission.reserved_tokens,
+                admission.holds_place,
+            )
 
             async def place_and_forward() -> Response:
                 # A caller held through a cold start may leave; the hold ends with it.
@@ -211,11 +215,10 @@ class InferenceService:
 
         def account(meter: Meter) -> None:
             self.metrics.request_done(meter, path, started)
-            if meter.total_tokens or meter.reserved_tokens:
+            if meter.total_tokens or meter.reserved_tokens or meter.holds_place:
+                admission = Admission(meter.reserved_tokens, meter.holds_place)
                 task = asyncio.ensure_future(
-                    self.limiter.settle(
-                        caller.user, meter.model, meter.reserved_tokens, meter.total_tokens
-                    )
+                    self.limiter.settle(caller.user, meter.model, admission, meter.total_tokens)
                 )
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)

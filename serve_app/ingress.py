@@ -25,7 +25,7 @@ from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 
 from deployments.serve_logging import quiet_terminal
-from serve_app.access.ratelimit import LimitBook, Refusal, refuse
+from serve_app.access.ratelimit import NOTHING_HELD, Admission, LimitBook, Refusal, admitted
 from serve_app.app import build_app
 from serve_app.config import FederationConfig, LimitsConfig
 from serve_app.metrics import serve_environment
@@ -47,11 +47,11 @@ class RateLimitService:
     def __init__(self, limits: dict[str, Any]):
         self.book = LimitBook(LimitsConfig.model_validate(limits))
 
-    def admit(self, user: str, model: str, tokens: int) -> Refusal | None:
+    def admit(self, user: str, model: str, tokens: int) -> Admission | Refusal:
         return self.book.admit(user, model, tokens, time.monotonic())
 
-    def settle(self, user: str, model: str, reserved: int, used: int) -> None:
-        self.book.settle(user, model, reserved, used, time.monotonic())
+    def settle(self, user: str, model: str, admission: Admission, used: int) -> None:
+        self.book.settle(user, model, admission, used, time.monotonic())
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
@@ -85,22 +85,20 @@ class ServeRateLimiter:
     def __init__(self, handle: DeploymentHandle):
         self.handle = handle
 
-    async def admit(self, user: str, model: str, tokens: int) -> int:
+    async def admit(self, user: str, model: str, tokens: int) -> Admission:
         try:
-            refusal = await asyncio.wait_for(
+            answer = await asyncio.wait_for(
                 self.handle.admit.remote(user, model, tokens), LIMITER_TIMEOUT_S
             )
         except Exception as exc:  # any failure (a timeout too) lets the request through
             logger.warning("rate limiter unavailable (%s); admitting", type(exc).__name__)
-            return 0  # nothing reserved: its tokens are taken when it ends
-        if refusal is not None:
-            raise refuse(refusal)
-        return tokens
+            return NOTHING_HELD  # its tokens are taken when it ends
+        return admitted(answer)
 
-    async def settle(self, user: str, model: str, reserved: int, used: int) -> None:
+    async def settle(self, user: str, model: str, admission: Admission, used: int) -> None:
         try:
             await asyncio.wait_for(
-                self.handle.settle.remote(user, model, reserved, used), LIMITER_TIMEOUT_S
+                self.handle.settle.remote(user, model, admission, used), LIMITER_TIMEOUT_S
             )
         except Exception as exc:  # a lost count must not fail the request
             logger.warning("rate limiter unavailable (%s); tokens not counted", type(exc).__name__)

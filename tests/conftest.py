@@ -63,6 +63,7 @@ STANDALONE_CACHE_S = 3.0
 BURST_USER, BURST_RATE = "burst-tester", 10.0
 CAPPED_USER, CAPPED_TOKENS_PER_MIN = "capped-tester", 40
 BUDGET_USER, BUDGET_TOKENS_PER_MIN = "budget-tester", 3000
+CROWD_USER, CROWD_IN_FLIGHT = "crowd-tester", 4
 
 
 def access_config(store_path: Path) -> dict:
@@ -83,6 +84,7 @@ def access_config(store_path: Path) -> dict:
                 BURST_USER: {"requests_per_s": BURST_RATE},
                 CAPPED_USER: {"tokens_per_min": CAPPED_TOKENS_PER_MIN},
                 BUDGET_USER: {"tokens_per_min": BUDGET_TOKENS_PER_MIN},
+                CROWD_USER: {"max_in_flight": CROWD_IN_FLIGHT},
             },
         },
         "cache_isolation": {"shared_groups": [SHARERS]},

@@ -3,6 +3,7 @@
 from serve_app.access.auth import AuthConfigError, Authenticator, build_authenticator
 from serve_app.access.policy import ANONYMOUS, Policy, Principal, describe_caller
 from serve_app.access.ratelimit import (
+    Admission,
     LimitBook,
     LocalRateLimiter,
     NoRateLimiter,
@@ -13,6 +14,7 @@ from serve_app.access.ratelimit import (
 
 __all__ = [
     "ANONYMOUS",
+    "Admission",
     "AuthConfigError",
     "Authenticator",
     "LimitBook",

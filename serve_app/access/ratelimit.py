@@ -11,6 +11,11 @@
   limit together: checking a bucket at admission and taking the tokens
   only at the end (LiteLLM's and FIRST's design) let a burst of 64
   requests through at 2.5x the budget before the first was counted.
+- Requests in flight: a user holds one place of `max_in_flight` from
+  admission to the end of the request, so one caller's flood is refused
+  with 429 (over its share) before it fills the sites and everyone gets
+  503s. A place whose end never arrives (its replica died) lapses after
+  `PLACE_LEASE_S`.
 
 The buckets (`LimitBook`) are pure and keyed by user and model. Limits must
 hold across every ingress replica, so on Ray Serve one `LimitBook` lives in
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,6 +56,21 @@ class TokenBucket:
         return max(amount - self.level, 0.0) / self.rate_per_s
 
 
+# Longer than any request may run (sites' timeouts.total_s is 900 s by default).
+PLACE_LEASE_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What admission took for a request: given back, or settled, when it ends."""
+
+    reserved_tokens: int = 0
+    holds_place: bool = False  # one of the user's max_in_flight
+
+
+NOTHING_HELD = Admission()
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Why a request must wait, and for how long."""
@@ -67,15 +88,23 @@ class LimitBook:
         self._requests: dict[str, TokenBucket] = {}
         self._user_tokens: dict[str, TokenBucket] = {}
         self._model_tokens: dict[str, TokenBucket] = {}
+        self._places: dict[str, deque[float]] = {}  # per user: when each place was taken
 
-    def admit(self, user: str, model: str, tokens: int, now: float) -> Refusal | None:
-        """Take one request for `user` on `model` and reserve `tokens` for it, or say why not.
+    def admit(self, user: str, model: str, tokens: int, now: float) -> Admission | Refusal:
+        """Take one request for `user` on `model`, a place in flight, and `tokens` for it,
+        all or none; or say why not.
 
         A reservation larger than a whole bucket waits until that bucket is
         full, and then takes it into debt: it is let in once a minute's
         worth of tokens is there, instead of never.
         """
         mine = self._limits_of(user)
+        places = None
+        if mine.max_in_flight is not None:
+            places = self._places_of(user, now)
+            if len(places) >= mine.max_in_flight:
+                message = f"Rate limit exceeded: {user} has {len(places)} requests in flight."
+                return Refusal(message, 1)  # a place frees as soon as one of them ends
         if mine.requests_per_s is not None:
             burst = self.limits.burst or max(mine.requests_per_s, 1.0)
             bucket = _bucket(self._requests, user, mine.requests_per_s, burst, now)
@@ -90,12 +119,27 @@ class LimitBook:
             self._requests[user].level -= 1
         for _, bucket in buckets:
             bucket.level -= tokens
-        return None
+        if places is not None:
+            places.append(now)
+        return Admission(tokens, holds_place=places is not None)
 
-    def settle(self, user: str, model: str, reserved: int, used: int, now: float) -> None:
-        """A request that reserved `reserved` tokens at admission ended having used `used`."""
+    def settle(self, user: str, model: str, admission: Admission, used: int, now: float) -> None:
+        """A request admitted with `admission` ended having used `used` tokens."""
+        reserved = admission.reserved_tokens
         for _, bucket in self._token_buckets(user, model, now):
             bucket.level = min(bucket.capacity, bucket.level + reserved - used)
+        places = self._places.get(user)
+        if admission.holds_place and places:
+            places.popleft()  # places are alike: the oldest goes, so a lapsed one goes first
+            if not places:
+                del self._places[user]
+
+    def _places_of(self, user: str, now: float) -> deque[float]:
+        """The user's places in flight, less those that lapsed."""
+        places = self._places.setdefault(user, deque())
+        while places and places[0] < now - PLACE_LEASE_S:
+            places.popleft()
+        return places
 
     def _limits_of(self, user: str) -> UserLimitsConfig:
         """The user's effective limits, worked out once: every request asks."""
@@ -141,12 +185,20 @@ def refuse(refusal: Refusal) -> RateLimitError:
 
 
 class RateLimiter(Protocol):
-    """Admission with a token reservation before a request, its settlement after."""
+    """Admission (a place in flight, a token reservation) before a request, its
+    settlement after."""
 
-    async def admit(self, user: str, model: str, tokens: int) -> int:
-        """Raise RateLimitError (429) if `user` must wait; else the tokens reserved."""
+    async def admit(self, user: str, model: str, tokens: int) -> Admission:
+        """Raise RateLimitError (429) if `user` must wait; else what was taken."""
 
-    async def settle(self, user: str, model: str, reserved: int, used: int) -> None: ...
+    async def settle(self, user: str, model: str, admission: Admission, used: int) -> None: ...
+
+
+def admitted(answer: Admission | Refusal) -> Admission:
+    """The book's answer as the limiter's: a refusal raised as the 429 it is."""
+    if isinstance(answer, Refusal):
+        raise refuse(answer)
+    return answer
 
 
 class LocalRateLimiter:
@@ -155,21 +207,18 @@ class LocalRateLimiter:
     def __init__(self, limits: LimitsConfig):
         self.book = LimitBook(limits)
 
-    async def admit(self, user: str, model: str, tokens: int) -> int:
-        refusal = self.book.admit(user, model, tokens, time.monotonic())
-        if refusal is not None:
-            raise refuse(refusal)
-        return tokens
+    async def admit(self, user: str, model: str, tokens: int) -> Admission:
+        return admitted(self.book.admit(user, model, tokens, time.monotonic()))
 
-    async def settle(self, user: str, model: str, reserved: int, used: int) -> None:
-        self.book.settle(user, model, reserved, used, time.monotonic())
+    async def settle(self, user: str, model: str, admission: Admission, used: int) -> None:
+        self.book.settle(user, model, admission, used, time.monotonic())
 
 
 class NoRateLimiter:
     """`limits: null` in the config."""
 
-    async def admit(self, user: str, model: str, tokens: int) -> int:
-        return 0
+    async def admit(self, user: str, model: str, tokens: int) -> Admission:
+        return NOTHING_HELD
 
-    async def settle(self, user: str, model: str, reserved: int, used: int) -> None:
+    async def settle(self, user: str, model: str, admission: Admission, used: int) -> None:
         return None

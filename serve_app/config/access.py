@@ -119,6 +119,7 @@ class CacheIsolationConfig(StrictConfig):
 class UserLimitsConfig(StrictConfig):
     requests_per_s: float | None = Field(None, gt=0, description="Overrides the default.")
     tokens_per_min: int | None = Field(None, gt=0, description="Overrides the default.")
+    max_in_flight: int | None = Field(None, gt=0, description="Overrides the default.")
 
 
 class LimitsConfig(StrictConfig):
@@ -137,6 +138,13 @@ class LimitsConfig(StrictConfig):
         description="Tokens per minute per model, all users together (none by default: "
         "one busy GPU can produce more than any figure that fits every model).",
     )
+    max_in_flight: int | None = Field(
+        256,
+        gt=0,
+        description="Requests one user may have open at once, over every replica; past it "
+        "429 at once. Below a site's max_in_flight (1,024), so no one user fills a site and "
+        "leaves the others its 503s; as many as vLLM batches on a GPU (max_num_seqs 256).",
+    )
     users: dict[str, UserLimitsConfig] = Field(
         default_factory=dict, description="Limits for particular users (service accounts)."
     )
@@ -152,11 +160,12 @@ class LimitsConfig(StrictConfig):
     )
 
     def for_user(self, user: str) -> UserLimitsConfig:
-        """The user's effective request and token limits."""
+        """The user's effective request, token and in-flight limits."""
         override = self.users.get(user, UserLimitsConfig())
         return UserLimitsConfig(
             requests_per_s=override.requests_per_s or self.requests_per_s,
             tokens_per_min=override.tokens_per_min or self.tokens_per_min,
+            max_in_flight=override.max_in_flight or self.max_in_flight,
         )
 
     def for_model(self, model: str) -> int | None:

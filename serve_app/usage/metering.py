@@ -31,8 +31,10 @@ class Meter:
     status: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    # What the token limits reserved for it at admission, settled when it ends.
+    # What the limits took for it at admission, settled when it ends: tokens reserved,
+    # and whether it holds one of its caller's places in flight.
     reserved_tokens: int = 0
+    holds_place: bool = False
     completion_parts: list[str] = field(default_factory=list)
     # When a stream's first event arrived (monotonic): its time to first token.
     first_byte_at: float | None = None

@@ -16,6 +16,8 @@ from tests.conftest import (
     BURST_RATE,
     BURST_USER,
     CAPPED_USER,
+    CROWD_IN_FLIGHT,
+    CROWD_USER,
     INSIDERS,
     MEMBERS,
     SIMULATED_MODEL,
@@ -84,6 +86,42 @@ def test_concurrent_requests_cannot_overrun_a_token_limit_together(stack):
     # The budget, plus what refilled while the burst ran (and settling handed back).
     allowed = BUDGET_TOKENS_PER_MIN * 1.05 + BUDGET_TOKENS_PER_MIN / 60 * took
     assert admitted <= allowed, (admitted, allowed, took)
+
+
+def test_a_user_over_its_requests_in_flight_gets_fast_429s_and_others_are_served(stack):
+    """16 at once from a user allowed 4 in flight (about 1 s each): 4 are served at a
+    time across both replicas, the rest refused at once; another user is served
+    meanwhile; once they end, the user's places are free again."""
+    key = stack.key(CROWD_USER, [MEMBERS, INSIDERS])
+    body = {"model": SIMULATED_MODEL, "prompt": "count", "max_tokens": 100}
+
+    def send(auth: str) -> tuple[int, float, httpx.Response]:
+        started = time.monotonic()
+        with stack.http(auth) as http:
+            response = http.post("/v1/completions", json=body)
+        return response.status_code, time.monotonic() - started, response
+
+    with ThreadPoolExecutor(17) as pool:
+        crowd = [pool.submit(send, key) for _ in range(16)]
+        time.sleep(0.3)
+        other = pool.submit(send, stack.api_key).result()
+        results = [future.result() for future in crowd]
+    assert other[0] == 200, other[2].text
+    statuses = sorted(status for status, _, _ in results)
+    assert set(statuses) == {200, 429}, statuses
+    assert statuses.count(200) <= CROWD_IN_FLIGHT + 2, statuses  # 4, and any that ended
+    refused = [(took, r) for status, took, r in results if status == 429]
+    assert max(took for took, _ in refused) < 1.0, [t for t, _ in refused]
+    error = refused[0][1].json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and "requests in flight" in error["message"]
+    assert all(r.headers["retry-after"] == "1" for _, r in refused)
+
+    def all_free() -> bool:
+        with ThreadPoolExecutor(CROWD_IN_FLIGHT) as pool:
+            again = list(pool.map(lambda _: send(key)[0], range(CROWD_IN_FLIGHT)))
+        return again == [200] * CROWD_IN_FLIGHT
+
+    eventually(all_free, 10, "the user's places free again", interval_s=0.5)
 
 
 def test_tokens_per_minute_are_counted_after_the_request(stack):
