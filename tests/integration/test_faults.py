@@ -30,7 +30,7 @@ import yaml
 
 from deployments.site_functions import site_status
 from deployments.site_status import SiteStatus
-from tests.conftest import free_port, private_ray_temp
+from tests.conftest import SIMULATED_MODEL, free_port, private_ray_temp
 from tests.support.processes import FirstProcess, start_standalone_gateway
 from tests.support.waiting import eventually
 
@@ -240,6 +240,24 @@ def test_connections_that_never_finish_their_headers_are_closed(impatient_gatewa
                 assert connection.recv(1024) == b""  # closed by the gateway
     finally:
         for connection in [*idle, *partial, trickle]:
+            connection.close()
+
+
+def test_500_half_open_connections_do_not_hold_up_the_gateway_on_serve(stack):
+    """Serve's proxy has no header timeout to set (the standalone gateway's is above), but
+    connections that never finish their request must not keep others from an answer."""
+    address = httpx.URL(stack.gateway_url)
+    held = [socket.create_connection((address.host, address.port)) for _ in range(500)]
+    try:
+        for connection in held[250:]:
+            connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        started = time.monotonic()
+        with stack.http() as http:
+            body = {"model": SIMULATED_MODEL, "messages": HELLO, "max_tokens": 4}
+            assert http.post(CHAT, json=body).status_code == 200
+        assert time.monotonic() - started < 5
+    finally:
+        for connection in held:
             connection.close()
 
 
