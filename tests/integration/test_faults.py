@@ -25,6 +25,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 import openai
+import psutil
 import pytest
 import yaml
 
@@ -135,6 +136,30 @@ def test_hostile_bodies_get_4xx_in_the_openai_shape(federation, body, status):
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error"
     assert unhandled_errors(log, since) == ""
+
+
+def test_64_mb_bodies_leave_the_gateways_memory_flat(federation):
+    """Refused at the 16 MB limit, before (Content-Length) or while (chunked) it is read:
+    after a first round, which may leave its buffers to the allocator, five more rounds
+    add nothing that grows with them."""
+    gateway = psutil.Process(federation.gateway.process.pid)
+
+    def send_both() -> None:
+        for content in (b"x" * (64 * 2**20), _streamed_body(64 * 2**20)):
+            response = httpx.post(
+                f"{federation.gateway_url}{CHAT}",
+                content=content,
+                headers={"content-type": "application/json"},
+                timeout=60,
+            )
+            assert response.status_code == 413, response.text[:300]
+
+    send_both()
+    before = gateway.memory_info().rss
+    for _ in range(5):
+        send_both()
+    grown_mib = (gateway.memory_info().rss - before) / 2**20
+    assert grown_mib < 16, f"the gateway grew {grown_mib:.1f} MiB over 640 MB of bodies"
 
 
 def test_an_absurd_max_tokens_is_held_to_the_context_as_vllm_does(federation):
