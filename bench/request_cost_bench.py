@@ -7,8 +7,8 @@ work is what shows), measured in interleaved rounds with wrk:
 
 - `bare`: `limits: null` and `cache_isolation.enabled: false`;
 - `reserve-and-salt`: limits on (high enough that nothing is refused), so
-  every request reserves its tokens at admission and settles them at the
-  end, and every request is salted for its caller.
+  every request reserves its tokens and a place in flight at admission and
+  settles them at the end, and every request is salted for its caller.
 
 The added latency is the median, over rounds, of the difference of the two
 p50s in the same round. `python -m bench.request_cost_bench`; part of
