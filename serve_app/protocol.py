@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deployments.openai_errors import ErrorDetail
+
 
 class OpenAIModel(BaseModel):
     """Wire models accept unknown fields and pass them on."""
@@ -149,14 +151,37 @@ class SamplingFields(OpenAIModel):
     user: str | None = None
 
 
-class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+class ChatFields(SamplingFields):
+    """Fields a chat completion and a bulk of them share."""
+
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: dict[str, Any] | None = None
+
+
+class ChatCompletionRequest(ChatFields):
+    messages: list[ChatMessage] = Field(min_length=1)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
+
+
+class BulkChatCompletionRequest(ChatFields):
+    """vLLM's `/v1/chat/completions/batch`: `messages` is a list of conversations, every
+    other field is shared by all of them. As in vLLM: no streaming, and `n` is 1."""
+
+    messages: list[Annotated[list[ChatMessage], Field(min_length=1)]] = Field(
+        min_length=1, description="The conversations, each a list of messages."
+    )
+    stream: Literal[False] | None = Field(
+        None, description="Not supported: a bulk answer comes whole."
+    )
+    n: Literal[1] | None = Field(None, description="One choice per conversation.")
+
+    def conversation(self, index: int) -> ChatCompletionRequest:
+        """Conversation `index` as a chat completion of its own, with the shared fields."""
+        shared = self.model_dump(exclude={"messages"}, exclude_none=True)
+        return ChatCompletionRequest.model_validate({**shared, "messages": self.messages[index]})
 
 
 class CompletionRequest(SamplingFields):
@@ -198,6 +223,24 @@ class ChatCompletionResponse(OpenAIModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage | None = None
+
+
+class BulkChatChoice(OpenAIModel):
+    """One conversation's answer; a conversation that failed has `error` instead."""
+
+    index: int
+    message: ChatMessage | None = None
+    finish_reason: str | None = None
+    error: ErrorDetail | None = None
+
+
+class BulkChatCompletionResponse(OpenAIModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[BulkChatChoice]
+    usage: Usage
 
 
 class CompletionChoice(OpenAIModel):

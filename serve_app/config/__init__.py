@@ -4,7 +4,7 @@
   gateway's listener and each federated site with its channel and timeouts;
 - `access`: authentication, the access policy, limits;
 - `routing`: site status, circuit breaker, placement, cold start;
-- `storage`: store, usage ledger, batches, metrics.
+- `storage`: store, usage ledger, batches, bulk requests, metrics.
 
 The keeper's section is `autoscaling.config.KeeperConfig`: the keeper runs
 below the gateway and must not import it.
@@ -39,12 +39,19 @@ from serve_app.config.routing import (
     PrefixAffinityConfig,
     StatusConfig,
 )
-from serve_app.config.storage import BatchConfig, LedgerConfig, MetricsConfig, StoreConfig
+from serve_app.config.storage import (
+    BatchConfig,
+    BulkConfig,
+    LedgerConfig,
+    MetricsConfig,
+    StoreConfig,
+)
 
 __all__ = [
     "COLOCATED_PREFIX",
     "AuthConfig",
     "BatchConfig",
+    "BulkConfig",
     "CacheIsolationConfig",
     "ChannelConfig",
     "CircuitBreakerConfig",

@@ -39,7 +39,13 @@ from serve_app.config.routing import (
     PlacementConfig,
     StatusConfig,
 )
-from serve_app.config.storage import BatchConfig, LedgerConfig, MetricsConfig, StoreConfig
+from serve_app.config.storage import (
+    BatchConfig,
+    BulkConfig,
+    LedgerConfig,
+    MetricsConfig,
+    StoreConfig,
+)
 
 # Where a site that shares the gateway's Ray cluster is mounted on the shared Serve proxy.
 COLOCATED_PREFIX = "/_sites"
@@ -209,6 +215,7 @@ class FederationConfig(StrictConfig):
     store: StoreConfig = Field(default_factory=StoreConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    bulk: BulkConfig = Field(default_factory=BulkConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     sites: list[FederatedSiteConfig] = Field(
         min_length=1, description="The sites behind the gateway; names must be unique."

@@ -9,6 +9,8 @@ from starlette.responses import Response
 
 from serve_app.errors import documented_errors
 from serve_app.protocol import (
+    BulkChatCompletionRequest,
+    BulkChatCompletionResponse,
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
@@ -24,6 +26,7 @@ from serve_app.routes.dependencies import (
     any_site,
     pinned_site,
 )
+from serve_app.workflows.bulk import bulk_chat_completion
 
 STREAM_DOC = {"text/event-stream": {"schema": {"type": "string"}}}
 
@@ -54,6 +57,23 @@ def build_inference_router(pinned: bool) -> APIRouter:
     ) -> Response:
         """Chat completion on the least-loaded site serving the model; streams with `stream`."""
         return await inference.forward(request, "/v1/chat/completions", body, caller, site)
+
+    @router.post(
+        "/v1/chat/completions/batch",
+        response_model=BulkChatCompletionResponse,
+        response_model_exclude_none=True,  # a choice has its message or its error
+        responses=documented_errors(),
+    )
+    async def create_bulk_chat_completion(
+        body: BulkChatCompletionRequest,
+        request: Request,
+        inference: InferenceDep,
+        caller: CallerDep,
+        site: Annotated[str | None, Depends(site_of)],
+    ) -> BulkChatCompletionResponse:
+        """Many conversations in one request (vLLM's shape): each placed on its own, one
+        choice per conversation at its index; a failed one gets an `error`."""
+        return await bulk_chat_completion(inference, request, body, caller, site)
 
     @router.post(
         "/v1/completions",
