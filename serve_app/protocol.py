@@ -234,12 +234,10 @@ class BulkChatChoice(OpenAIModel):
     error: ErrorDetail | None = None
 
 
-class BulkChatCompletionResponse(OpenAIModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[BulkChatChoice]
+class BulkChatCompletionResponse(ChatCompletionResponse):
+    """A chat completion whose choices may carry an error, its usage summed over them."""
+
+    choices: list[BulkChatChoice]  # type: ignore[assignment]
     usage: Usage
 
 

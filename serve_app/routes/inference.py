@@ -61,7 +61,6 @@ def build_inference_router(pinned: bool) -> APIRouter:
     @router.post(
         "/v1/chat/completions/batch",
         response_model=BulkChatCompletionResponse,
-        response_model_exclude_none=True,  # a choice has its message or its error
         responses=documented_errors(),
     )
     async def create_bulk_chat_completion(

@@ -58,6 +58,8 @@ def test_a_bulk_spreads_over_the_sites_and_answers_in_order(federation):
     assert [choice["index"] for choice in failed] == [TOO_LONG]
     assert "maximum context length" in failed[0]["error"]["message"]
     assert failed[0]["error"]["type"] == "invalid_request_error"
+    assert set(failed[0]["error"]) == {"message", "type", "param", "code"}
+    assert failed[0]["message"] is None
     served = [choice for choice in answer["choices"] if not choice.get("error")]
     assert all(choice["message"]["content"] for choice in served)
     assert answer["usage"]["completion_tokens"] == 8 * 63
