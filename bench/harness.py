@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -140,6 +141,13 @@ def vllm_bench_serve(url: str, model: str, tokenizer: Path, out: Path, *load: st
     if done.returncode != 0:
         raise SystemExit(f"vllm bench serve failed:\n{done.stderr[-3000:]}")
     return json.loads(out.read_text())
+
+
+def percentile(values: list[float], q: int) -> float:
+    """The `q`th percentile (1-99) of `values`, interpolated as numpy's default does."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def latency_summary(raw: dict) -> dict:

@@ -30,7 +30,6 @@ import contextlib
 import dataclasses
 import json
 import random
-import statistics
 import tempfile
 import time
 from collections import Counter
@@ -41,7 +40,13 @@ import aiohttp
 import psutil
 
 from bench.gateway_bench import Target, log, wait_until_answering
-from bench.harness import cpu_use, running_stack, sites_stack, standalone_gateway
+from bench.harness import (
+    cpu_use,
+    percentile,
+    running_stack,
+    sites_stack,
+    standalone_gateway,
+)
 from tests.support.processes import FirstProcess, start_standalone_gateway
 
 MODEL = "sim-overload"
@@ -198,12 +203,10 @@ def cpu_of_roles() -> Iterator[dict]:
 def latency(values: list[float]) -> dict:
     if not values:
         return {"n": 0}
-    cuts = statistics.quantiles(values, n=100, method="inclusive") if len(values) > 1 else None
-    p50, p99 = (cuts[49], cuts[98]) if cuts else (values[0], values[0])
     return {
         "n": len(values),
-        "p50_ms": round(p50, 1),
-        "p99_ms": round(p99, 1),
+        "p50_ms": round(percentile(values, 50), 1),
+        "p99_ms": round(percentile(values, 99), 1),
         "max_ms": round(max(values), 1),
     }
 

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ import httpx
 import psutil
 import yaml
 
+from bench.harness import percentile
 from tests.support.processes import FirstProcess, free_port
 
 ZERO_DELAY_MODEL = "sim-zero"
@@ -86,14 +86,6 @@ async def _load(
         return latencies, time.perf_counter() - started
 
 
-def _percentile(values: list[float], q: float) -> float:
-    return (
-        statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-        if len(values) > 1
-        else values[0]
-    )
-
-
 def latency_run(
     base_url: str, model: str, concurrency: int, requests: int, max_tokens: int
 ) -> dict:
@@ -109,8 +101,8 @@ def latency_run(
         "concurrency": concurrency,
         "requests": requests,
         "max_tokens": max_tokens,
-        "p50_ms": round(1000 * _percentile(latencies, 50), 1),
-        "p99_ms": round(1000 * _percentile(latencies, 99), 1),
+        "p50_ms": round(1000 * percentile(latencies, 50), 1),
+        "p99_ms": round(1000 * percentile(latencies, 99), 1),
         "requests_per_s": round(requests / wall, 1),
     }
 

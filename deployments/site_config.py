@@ -353,7 +353,7 @@ class RayClusterConfig(StrictConfig):
         """Serve's `logging_config` for what runs on this cluster (None: Serve's own)."""
         if self.serve_logs_dir is None:
             return None
-        return {"logs_dir": str(Path(self.serve_logs_dir).resolve())}
+        return {"logs_dir": str(self.serve_logs_path())}
 
     def serve_logs_path(self) -> Path:
         """Where Serve's log files go."""

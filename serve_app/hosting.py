@@ -114,9 +114,10 @@ def bring_up_on_serve(config: FederationConfig, timeout_s: float, progress: Prog
         start_ray(config.gateway.ray)
         # The gateway's address; colocated sites share this proxy (same host and port).
         cluster = config.gateway.ray
+        logging_config = cluster.serve_logging()
         serve.start(
             http_options={"host": config.gateway.host, "port": config.gateway.port},
-            logging_config=cluster.serve_logging(),
+            logging_config=logging_config,
         )
         for site in config.colocated_sites:
             progress(f"deploying site {site.name}: {', '.join(m.id for m in site.models)}")
@@ -129,7 +130,7 @@ def bring_up_on_serve(config: FederationConfig, timeout_s: float, progress: Prog
             name=config.gateway.app_name,
             route_prefix="/",
             blocking=False,
-            logging_config=cluster.serve_logging(),
+            logging_config=logging_config,
         )
         if config.keeper.in_gateway and config.slurm_sites:
             progress("deploying the hot-node keeper")
@@ -138,7 +139,7 @@ def bring_up_on_serve(config: FederationConfig, timeout_s: float, progress: Prog
                 name=keeper_app_name(config),
                 route_prefix=None,
                 blocking=False,
-                logging_config=cluster.serve_logging(),
+                logging_config=logging_config,
             )
         for site in config.colocated_sites:
             wait_until_answering(site, max(deadline - time.monotonic(), 1.0), progress)

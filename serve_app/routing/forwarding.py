@@ -6,11 +6,12 @@ pooled connection on each request (bench/README.md). A request goes to the sites
 order placement chose; a site that fails before it has the request
 (refused, reset, or 502/503/504) is skipped for the next, and its circuit
 breaker hears of it, unless its 503 carries a Retry-After: the site is full
-(its queue bound), not broken, and the caller's 503 says when to come back. A site that has the request but has not answered
-within `first_byte_s` is neither: it may still be generating (a long
-non-streaming answer sends its headers only at the end), so the request
-is not sent a second time elsewhere, the caller gets a 504, and a slow
-site is not counted as a failed one. Once a site has started answering,
+(its queue bound), not broken, and the caller's 503 says when to come back.
+A site that has the request but has not answered within `first_byte_s` is
+neither: it may still be generating (a long non-streaming answer sends its
+headers only at the end), so the request is not sent a second time
+elsewhere, the caller gets a 504, and a slow site is not counted as a
+failed one. Once a site has started answering,
 the answer is the site's: streams pass through chunk by chunk as they
 arrive, a silence longer than `read_s` between two chunks ends them, and a
 stream that the site cuts ends with one OpenAI error event, never a hang.
