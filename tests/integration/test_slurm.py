@@ -98,7 +98,10 @@ def slurm_site(model_dir: Path, state_dir: Path) -> dict:
         "engine": "vllm",
         "source": str(model_dir),
         "engine_kwargs": {"dtype": "float32", "enforce_eager": True, "max_model_len": 256},
-        "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+        # The dev Slurm has no CPU confinement (task/none), so vLLM's "auto" binding
+        # pins every job's engine to core 0: a replacement loading beside a serving
+        # job then took over 5 minutes, past the handover window.
+        "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"},
         "resources": {"cpus": 1},
     }
     return {
