@@ -21,7 +21,7 @@ LITELLM_VENV := .first/litellm-venv
 LITELLM_VERSION := 1.108.7
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
 
-.PHONY: install dev-slurm prometheus run run-slurm monitor test test-fast test-haproxy lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics bench-request-cost bench-overload clean
+.PHONY: install dev-slurm prometheus run run-slurm monitor test test-fast test-haproxy lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics bench-request-cost bench-overload bench-bulk clean
 
 install: $(STAMP)
 
@@ -135,6 +135,9 @@ bench-request-cost: install wrk
 
 bench-overload: install
 	$(BIN)/python -m bench.overload_bench --out bench/results/overload.json
+
+bench-bulk: install
+	$(BIN)/python -m bench.bulk_bench --out bench/results/bulk.json
 
 clean:
 	rm -rf $(VENV) .first .pytest_cache

@@ -1,9 +1,9 @@
 """One harness for the benchmarks: run them, plot them, and check every target in one table.
 
-`make bench` (quick: routing, prefix-aware routing, the concurrency curve and
-overload, about 11 minutes here) and `make bench-full` (those at full length,
-plus the gateway against LiteLLM, cold start on Slurm, batch against
-interactive and the metrics' cost). Each benchmark writes its JSON under
+`make bench` (quick: routing, prefix-aware routing, the concurrency curve,
+overload and bulk requests, about 12 minutes here) and `make bench-full`
+(those at full length, plus the gateway against LiteLLM, cold start on
+Slurm, batch against interactive and the metrics' cost). Each benchmark writes its JSON under
 bench/results/; this stamps each with the machine and commit it ran on, draws the PNG plots
 (bench/plots.py) and rewrites the summary table at the top of
 bench/README.md from every result present, run now or committed earlier.
@@ -52,6 +52,7 @@ SUITES = (
     Suite("metrics", "bench.metrics_bench", None),
     Suite("request_cost", "bench.request_cost_bench", None),
     Suite("overload", "bench.overload_bench", ("--quick",)),
+    Suite("bulk", "bench.bulk_bench", ("--quick",)),
 )
 
 
@@ -246,6 +247,23 @@ def _overload(r: dict) -> tuple[str, bool]:
     return text, met
 
 
+def _bulk(r: dict) -> tuple[str, bool]:
+    best = next(
+        level for level in r["levels"] if level["concurrency"] == r["best_separate_concurrency"]
+    )
+    shares = ", ".join(f"{site} {share:.0%}" for site, share in r["bulk_site_share"].items())
+    text = (
+        f"{r['conversations']} conversations: one bulk request (bulk.concurrency "
+        f"{r['bulk_concurrency_compared']}) {best['bulk']['wall_s']:.2f} s, "
+        f"{r['bulk_wall_over_best_separate']:.2f}x the wall time of separate requests at their "
+        f"best concurrency ({r['best_separate_concurrency']}, {best['separate']['wall_s']:.2f} s); "
+        f"bulk's conversations by site: {shares}"
+    )
+    if r.get("quick"):
+        text += " (quick)"
+    return text, all(r["met"].values())
+
+
 CHECKS: dict[str, tuple[str, Callable[[dict], tuple[str, bool]]]] = {
     "gateway": (
         "ingress added latency below LiteLLM; standalone ≤ 1.5x a bare forwarder",
@@ -269,6 +287,11 @@ CHECKS: dict[str, tuple[str, Callable[[dict], tuple[str, bool]]]] = {
         "at 2x and 5x capacity, refusals (429/503, with Retry-After) p99 under 50 ms; "
         "gateway RSS after within 10% of before",
         _overload,
+    ),
+    "bulk": (
+        "one bulk request no slower than the same conversations as separate requests at their "
+        "best concurrency; each of two sites 40-60% of the bulk's conversations",
+        _bulk,
     ),
 }
 

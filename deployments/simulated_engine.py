@@ -15,12 +15,16 @@ simulated as vLLM does it: a prompt's full blocks of 16 tokens are hashed,
 each with the one before it and the request's `cache_salt`, and the blocks
 an earlier prompt left are reported as `usage.prompt_tokens_details.cached_tokens`
 (timing is unchanged): what the gateway's per-user salting is tested against.
+Embeddings are the inputs' words hashed into `embedding_dim` buckets, so
+texts that share words are near, as with a real embedding model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import math
 import re
 import time
 import uuid
@@ -34,6 +38,7 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    EmbeddingResponse,
     ErrorInfo,
     ErrorResponse,
 )
@@ -51,6 +56,7 @@ from vllm.entrypoints.openai.completion.protocol import (
     CompletionResponseStreamChoice,
     CompletionStreamResponse,
 )
+from vllm.entrypoints.pooling.embed.protocol import EmbeddingResponseData
 from vllm.entrypoints.serve.engine.protocol import PromptTokenUsageInfo, UsageInfo
 
 from deployments.serve_logging import quiet_terminal
@@ -126,6 +132,25 @@ def _prompt_tokens(prompt: Any) -> int:
     if isinstance(prompt, list):
         return sum(_prompt_tokens(p) for p in prompt)
     return 0
+
+
+def _embedding_inputs(value: Any) -> list[list[str]] | None:
+    """An embeddings `input` as each input's words (token ids as words)."""
+    if isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], int)):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        return None
+    return [_prompt_words(item) for item in value]
+
+
+def _hashed(words: list[str], dim: int) -> list[float]:
+    """Feature hashing: each lower-cased word adds one to a bucket; unit length."""
+    vector = [0.0] * dim
+    for word in words:
+        digest = hashlib.blake2b(word.lower().encode(), digest_size=8).digest()
+        vector[int.from_bytes(digest, "little") % dim] += 1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [round(v / norm, 6) for v in vector]
 
 
 def _error(message: str, param: str | None = None, code: int = 400) -> ErrorResponse:
@@ -371,7 +396,33 @@ class SimulatedEngine(LLMEngine):
                 task.cancel()
 
     async def embeddings(self, request, raw_request_info=None):
-        yield _error(f"The model {self._model_id!r} does not support the Embeddings API")
+        """Each input's words hashed into `embedding_dim` buckets (normalized), after one
+        first token's time in an engine slot: texts sharing words are near, like a real
+        embedding model's, so retrieval over it is not noise."""
+        texts = _embedding_inputs(getattr(request, "input", None))
+        if texts is None:
+            yield _error("input must be a text, token ids, or a list of either", param="input")
+            return
+        counts = [len(words) for words in texts]
+        if (longest := max(counts, default=0)) >= self._config.max_model_len:
+            yield _error(
+                f"This model's maximum context length is {self._config.max_model_len} tokens; "
+                f"an input has {longest}.",
+                param="input",
+            )
+            return
+        assert self._slots is not None, "engine not started"
+        async with self._slots:
+            await asyncio.sleep(self._step_s(self._config.ttft_ms))
+        dim = self._config.embedding_dim
+        yield EmbeddingResponse(
+            model=self._model_id,
+            data=[
+                EmbeddingResponseData(index=i, embedding=_hashed(words, dim))
+                for i, words in enumerate(texts)
+            ],
+            usage=UsageInfo(prompt_tokens=sum(counts), total_tokens=sum(counts)),
+        )
 
     async def transcriptions(self, request, raw_request_info=None):
         yield _error(f"The model {self._model_id!r} does not support the Transcriptions API")

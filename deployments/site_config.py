@@ -46,6 +46,12 @@ class SimulatedEngineConfig(StrictConfig):
     default_max_tokens: int = Field(
         16, ge=1, description="Output length when a request sets no max_tokens."
     )
+    embedding_dim: int = Field(
+        64,
+        ge=2,
+        description="Length of the vectors it answers /v1/embeddings with: its words hashed "
+        "into that many buckets, so texts that share words are near (time: one first token).",
+    )
 
 
 class ResourcesConfig(StrictConfig):

@@ -164,6 +164,11 @@ class ChatCompletionRequest(ChatFields):
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    first_trace: bool | None = Field(
+        None,
+        exclude=True,  # the gateway's own: never sent on to a site
+        description="Tribunals only: answer with `first_trace`, every step of the workflow.",
+    )
 
 
 class BulkChatCompletionRequest(ChatFields):
@@ -186,12 +191,23 @@ class BulkChatCompletionRequest(ChatFields):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]] = Field(
-        description="Text, a list of texts, token ids, or a list of token-id lists."
+        description="Text, a list of texts, token ids, or a list of token-id lists; the "
+        "prompts of a list are placed one by one (not when streamed)."
     )
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool | None = None
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1)
+
+    def prompts(self) -> list[str] | list[list[int]] | None:
+        """The prompts of a list `prompt` that can go to the sites one by one; None for one
+        prompt, or for a stream (its choices interleave: it goes to one site whole)."""
+        prompt = self.prompt
+        if self.stream or not isinstance(prompt, list) or len(prompt) < 2:
+            return None
+        if isinstance(prompt[0], int):  # one prompt's token ids
+            return None
+        return prompt  # type: ignore[return-value]
 
 
 class EmbeddingRequest(OpenAIModel):
@@ -202,6 +218,13 @@ class EmbeddingRequest(OpenAIModel):
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
+
+    def inputs(self) -> list[str] | list[list[int]] | None:
+        """The inputs of a list `input`; None for one input."""
+        value = self.input
+        if not isinstance(value, list) or not value or isinstance(value[0], int):
+            return None
+        return value  # type: ignore[return-value]
 
 
 class Usage(OpenAIModel):
@@ -216,6 +239,19 @@ class ChatChoice(OpenAIModel):
     finish_reason: str | None = None
 
 
+class TribunalStep(BaseModel):
+    """One model call of a tribunal."""
+
+    step: Literal["generate", "critique", "revise"]
+    round: int = Field(description="0 for generate, then 1, 2, ... for each round.")
+    model: str
+    site: str | None = Field(description="The site that answered.")
+    content: str
+    usage: Usage | None
+    started_at: float = Field(description="Unix time the call was sent.")
+    duration_s: float
+
+
 class ChatCompletionResponse(OpenAIModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -223,6 +259,9 @@ class ChatCompletionResponse(OpenAIModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage | None = None
+    first_trace: list[TribunalStep] | None = Field(
+        None, description="A tribunal's steps, in order, when the request set `first_trace`."
+    )
 
 
 class BulkChatChoice(OpenAIModel):
@@ -247,6 +286,15 @@ class CompletionChoice(OpenAIModel):
     finish_reason: str | None = None
 
 
+class BulkCompletionChoice(OpenAIModel):
+    """One prompt's completion; a prompt that failed has `error` instead."""
+
+    index: int
+    text: str | None = None
+    finish_reason: str | None = None
+    error: ErrorDetail | None = None
+
+
 class CompletionResponse(OpenAIModel):
     id: str
     object: Literal["text_completion"] = "text_completion"
@@ -254,6 +302,14 @@ class CompletionResponse(OpenAIModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+
+
+class BulkCompletionResponse(CompletionResponse):
+    """A completion of a list `prompt` placed one by one: each prompt's `n` choices at
+    `prompt index * n + choice`, a failed prompt's with an error, usage summed."""
+
+    choices: list[BulkCompletionChoice]  # type: ignore[assignment]
+    usage: Usage
 
 
 class Embedding(OpenAIModel):
@@ -285,12 +341,26 @@ class ModelPlacement(BaseModel):
     )
 
 
+class TribunalMembers(BaseModel):
+    """The models a tribunal calls (each listed in /v1/models with its own state)."""
+
+    generator: str
+    critics: list[str]
+    reviser: str
+    rounds: int
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "first"
-    sites: list[ModelPlacement] = Field(description="The sites that serve this model.")
+    sites: list[ModelPlacement] = Field(
+        description="The sites that serve this model (none for a tribunal)."
+    )
+    tribunal: TribunalMembers | None = Field(
+        None, description="Set for a tribunal: a workflow over other models, called by name."
+    )
 
 
 class ModelList(BaseModel):

@@ -4,7 +4,8 @@
   gateway's listener and each federated site with its channel and timeouts;
 - `access`: authentication, the access policy, limits;
 - `routing`: site status, circuit breaker, placement, cold start;
-- `storage`: store, usage ledger, batches, bulk requests, metrics.
+- `storage`: store, usage ledger, batches, metrics;
+- `workflows`: bulk requests and tribunals.
 
 The keeper's section is `autoscaling.config.KeeperConfig`: the keeper runs
 below the gateway and must not import it.
@@ -41,10 +42,14 @@ from serve_app.config.routing import (
 )
 from serve_app.config.storage import (
     BatchConfig,
-    BulkConfig,
     LedgerConfig,
     MetricsConfig,
     StoreConfig,
+)
+from serve_app.config.workflows import (
+    BulkConfig,
+    TribunalConfig,
+    TribunalPromptsConfig,
 )
 
 __all__ = [
@@ -74,6 +79,8 @@ __all__ = [
     "SiteTimeoutsConfig",
     "StatusConfig",
     "StoreConfig",
+    "TribunalConfig",
+    "TribunalPromptsConfig",
     "UserLimitsConfig",
     "load_federation",
 ]

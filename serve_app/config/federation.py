@@ -41,11 +41,11 @@ from serve_app.config.routing import (
 )
 from serve_app.config.storage import (
     BatchConfig,
-    BulkConfig,
     LedgerConfig,
     MetricsConfig,
     StoreConfig,
 )
+from serve_app.config.workflows import BulkConfig, TribunalConfig
 
 # Where a site that shares the gateway's Ray cluster is mounted on the shared Serve proxy.
 COLOCATED_PREFIX = "/_sites"
@@ -216,6 +216,10 @@ class FederationConfig(StrictConfig):
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
     bulk: BulkConfig = Field(default_factory=BulkConfig)
+    tribunals: list[TribunalConfig] = Field(
+        default_factory=list,
+        description="Generate-critique-revise workflows, each called by its name as a model.",
+    )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     sites: list[FederatedSiteConfig] = Field(
         min_length=1, description="The sites behind the gateway; names must be unique."
@@ -225,6 +229,11 @@ class FederationConfig(StrictConfig):
     @classmethod
     def _unique_names(cls, sites: list[FederatedSiteConfig]) -> list[FederatedSiteConfig]:
         return require_unique(sites, "name", "site name")
+
+    @field_validator("tribunals")
+    @classmethod
+    def _unique_tribunals(cls, tribunals: list[TribunalConfig]) -> list[TribunalConfig]:
+        return require_unique(tribunals, "name", "tribunal name")
 
     @model_validator(mode="after")
     def _colocate(self) -> FederationConfig:
@@ -246,8 +255,9 @@ class FederationConfig(StrictConfig):
         return self
 
     @model_validator(mode="after")
-    def _policy_names_served_models(self) -> FederationConfig:
-        """A restricted model no site serves is a typo that would leave the real one open."""
+    def _names_served_models(self) -> FederationConfig:
+        """A restricted model no site serves is a typo that would leave the real one open;
+        a tribunal's member no site serves, one that could never answer."""
         if not all(isinstance(site.site, SiteConfig) for site in self.sites):
             return self  # site files not loaded yet (load_federation checks again)
         served = {m.id for site in self.sites for m in site.site_config.models}
@@ -257,6 +267,16 @@ class FederationConfig(StrictConfig):
                     f"policy.models.{model}: no site serves this model; served: "
                     f"{', '.join(sorted(served))}"
                 )
+        for index, tribunal in enumerate(self.tribunals):
+            where = f"tribunals[{index}]"
+            if tribunal.name in served:
+                raise ValueError(f"{where}.name: {tribunal.name!r} is a model a site serves")
+            for model in tribunal.members:
+                if model not in served:
+                    raise ValueError(
+                        f"{where}: no site serves the model {model!r}; served: "
+                        f"{', '.join(sorted(served))}"
+                    )
         return self
 
     def site(self, name: str) -> FederatedSiteConfig:

@@ -96,20 +96,3 @@ class MetricsConfig(StrictConfig):
         "monitoring/alerts.yml alerts above it (exported as "
         "first_time_to_first_token_objective_seconds).",
     )
-
-
-class BulkConfig(StrictConfig):
-    """Bulk requests (`POST /v1/chat/completions/batch`): many conversations, one answer."""
-
-    max_items: int = Field(
-        512,
-        ge=1,
-        description="Most conversations in one bulk request; larger ones get 413 and are "
-        "pointed at the Batch API, which keeps going if the caller goes away.",
-    )
-    concurrency: int = Field(
-        64,
-        ge=1,
-        description="Conversations of one bulk request in flight at once, each placed on its "
-        "own (the least-loaded site first), so a bulk request fills every site serving it.",
-    )

@@ -11,6 +11,7 @@ from serve_app.errors import documented_errors
 from serve_app.protocol import (
     BulkChatCompletionRequest,
     BulkChatCompletionResponse,
+    BulkCompletionResponse,
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
@@ -26,7 +27,9 @@ from serve_app.routes.dependencies import (
     any_site,
     pinned_site,
 )
-from serve_app.workflows.bulk import bulk_chat_completion
+from serve_app.workflows.bulk import bulk_chat_completion, bulk_completion, bulk_embedding
+from serve_app.workflows.calls import Calls
+from serve_app.workflows.tribunal import TribunalRun, tribunal_named
 
 STREAM_DOC = {"text/event-stream": {"schema": {"type": "string"}}}
 
@@ -54,8 +57,12 @@ def build_inference_router(pinned: bool) -> APIRouter:
         inference: InferenceDep,
         caller: CallerDep,
         site: Annotated[str | None, Depends(site_of)],
-    ) -> Response:
-        """Chat completion on the least-loaded site serving the model; streams with `stream`."""
+    ) -> Response | ChatCompletionResponse:
+        """Chat completion on the least-loaded site serving the model; streams with `stream`.
+        On a tribunal (listed in /v1/models), its generate-critique-revise workflow."""
+        if site is None and (tribunal := tribunal_named(inference.config, body.model)):
+            run = TribunalRun(Calls(inference, request, caller), tribunal, body)
+            return await run.respond()
         return await inference.forward(request, "/v1/chat/completions", body, caller, site)
 
     @router.post(
@@ -72,7 +79,7 @@ def build_inference_router(pinned: bool) -> APIRouter:
     ) -> BulkChatCompletionResponse:
         """Many conversations in one request (vLLM's shape): each placed on its own, one
         choice per conversation at its index; a failed one gets an `error`."""
-        return await bulk_chat_completion(inference, request, body, caller, site)
+        return await bulk_chat_completion(Calls(inference, request, caller, site), body)
 
     @router.post(
         "/v1/completions",
@@ -85,8 +92,12 @@ def build_inference_router(pinned: bool) -> APIRouter:
         inference: InferenceDep,
         caller: CallerDep,
         site: Annotated[str | None, Depends(site_of)],
-    ) -> Response:
-        """Text completion on the least-loaded site serving the model."""
+    ) -> Response | BulkCompletionResponse:
+        """Text completion on the least-loaded site serving the model; the prompts of a list
+        `prompt` each placed on their own (not when streamed), their choices in order."""
+        if (prompts := body.prompts()) is not None:
+            calls = Calls(inference, request, caller, site)
+            return await bulk_completion(calls, body, prompts)
         return await inference.forward(request, "/v1/completions", body, caller, site)
 
     @router.post(
@@ -101,7 +112,12 @@ def build_inference_router(pinned: bool) -> APIRouter:
         caller: CallerDep,
         site: Annotated[str | None, Depends(site_of)],
     ) -> Response:
-        """Embeddings from a site that serves the model as an embedding model."""
+        """Embeddings from a site that serves the model as an embedding model; a long list
+        `input` in slices, each placed on its own."""
+        inputs = body.inputs()
+        if inputs is not None and len(inputs) > inference.config.bulk.embedding_inputs_per_request:
+            calls = Calls(inference, request, caller, site)
+            return await bulk_embedding(calls, body, inputs)
         return await inference.forward(request, "/v1/embeddings", body, caller, site)
 
     return router

@@ -3,7 +3,7 @@
 Per site: its state (serve_app/routing/site_state.py) kept current by a
 status poller, through the site's typed client; the cold starter for models
 that run nowhere yet; the placer. From that it answers the read side
-(`/v1/models`, `/health`, Prometheus's targets) and the one question of the
+(`/v1/models` with the tribunals, `/health`, Prometheus's targets) and the one question of the
 request path: which sites, best first (`placement_order`), starting the
 model in a Slurm job when none runs it (`place_or_cold_start`). One instance
 lives in each ingress replica, so every replica keeps its own view of the
@@ -17,7 +17,7 @@ import time
 
 from deployments.site_client import SiteClient
 from serve_app.access.policy import Policy, Principal
-from serve_app.config import FederationConfig
+from serve_app.config import FederationConfig, TribunalConfig
 from serve_app.errors import ModelNotFoundError, NoSiteAvailableError, SiteNotFoundError
 from serve_app.metrics import GatewayMetrics
 from serve_app.protocol import (
@@ -27,6 +27,7 @@ from serve_app.protocol import (
     ModelPlacement,
     ScrapeTargetGroup,
     SiteHealthReport,
+    TribunalMembers,
 )
 from serve_app.routing.cold_start import ColdStarter
 from serve_app.routing.placement import Placer
@@ -79,6 +80,10 @@ class Federation:
             )
         return [self.sites[site]]
 
+    def serves(self, model: str, site: str | None = None) -> bool:
+        """Whether a site (`site`, if given) lists `model`, whatever its state."""
+        return any(model in state.models for state in self._sites_for(site))
+
     def models(self, caller: Principal, site: str | None = None) -> ModelList:
         """The models `caller` may use; models restricted to other groups are not shown."""
         now = time.monotonic()
@@ -102,7 +107,22 @@ class Federation:
             ModelCard(id=model, created=self.started_at, sites=sites)
             for model, sites in sorted(placements.items())
         ]
+        if site is None:  # a tribunal spans sites: never listed under one
+            cards += [
+                self._tribunal_card(tribunal)
+                for tribunal in self.config.tribunals
+                if all(self.policy.may_use(caller, m) for m in tribunal.members)
+            ]
         return ModelList(data=cards)
+
+    def _tribunal_card(self, tribunal: TribunalConfig) -> ModelCard:
+        members = TribunalMembers(
+            generator=tribunal.generator,
+            critics=tribunal.critics,
+            reviser=tribunal.reviser,
+            rounds=tribunal.rounds,
+        )
+        return ModelCard(id=tribunal.name, created=self.started_at, sites=[], tribunal=members)
 
     def model(self, caller: Principal, model_id: str, site: str | None = None) -> ModelCard:
         for card in self.models(caller, site).data:
@@ -158,6 +178,16 @@ class Federation:
                 raise
         await self.cold_starter.bring_up(model, startable)
         return self.placement_order(caller, model, site, prefix)
+
+    def require_servable(self, caller: Principal, model: str) -> None:
+        """503 naming `model` unless a site can serve it now or start it (a cold start);
+        what a workflow checks of every model it will call before it calls any."""
+        try:
+            self.placement_order(caller, model)
+        except NoSiteAvailableError:
+            now = time.monotonic()
+            if not any(state.can_launch(model, now) for state in self.sites.values()):
+                raise
 
     # -- health -------------------------------------------------------------
 

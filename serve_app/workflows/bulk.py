@@ -1,91 +1,162 @@
-"""Bulk chat completions: many conversations in one request, spread over the sites.
+"""Bulk requests: many items in one request, spread over the sites.
 
-`POST /v1/chat/completions/batch` takes vLLM's shape (`messages` is a list of
-conversations, every other field shared) and answers with one choice per
-conversation, at its `index`. vLLM runs such a request on one engine; here
-each conversation is an ordinary chat completion through the gateway's
-request path (`InferenceService.forward`): placed on its own, so a bulk of
-200 fills every site that serves the model, counted against the caller's
-limits and written to the ledger like any other. At most
-`bulk.concurrency` of them are in flight at once. A conversation that fails
-gets an `error` in its choice; the others still answer. A bulk request
-larger than `bulk.max_items` is refused with 413: the Batch API is made for
-those, and keeps going when the caller does not.
+Three shapes, one mechanism. `POST /v1/chat/completions/batch` takes vLLM's
+shape (`messages` is a list of conversations, every other field shared) and
+answers with one choice per conversation, at its `index`; `/v1/completions`
+with a list `prompt` answers each prompt's choices at `prompt index * n +
+choice`, as OpenAI does; `/v1/embeddings` with a list `input` goes out in
+slices of `bulk.embedding_inputs_per_request`. A single server runs such a
+request on one engine; here each item is an ordinary request through the
+gateway's request path (`workflows.calls.Calls`): placed on its own, so a bulk
+of 200 fills every site that serves the model, counted against the caller's
+limits and written to the ledger like any other. At most `bulk.concurrency`
+of them are in flight at once. A conversation or prompt that fails gets an
+`error` in its choice and the others still answer; embeddings have no such
+shape, so a failed slice fails the request with its error. A bulk larger
+than `bulk.max_items` is refused with 413: the Batch API is made for those,
+and keeps going when the caller does not.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
+from collections.abc import Sequence
 
 from pydantic import ValidationError
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from deployments.config_loading import describe_validation_errors
-from deployments.openai_errors import ErrorDetail, error_type
-from serve_app.access import Principal
-from serve_app.errors import GatewayError, InvalidRequestError, PayloadTooLargeError
-from serve_app.inference import InferenceService
+from serve_app.errors import InvalidRequestError, PayloadTooLargeError
 from serve_app.protocol import (
     BulkChatChoice,
     BulkChatCompletionRequest,
     BulkChatCompletionResponse,
+    BulkCompletionChoice,
+    BulkCompletionResponse,
     ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    OpenAIModel,
     Usage,
 )
+from serve_app.workflows.calls import Answer, Calls
 
 CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 async def bulk_chat_completion(
-    inference: InferenceService,
-    request: Request,
-    body: BulkChatCompletionRequest,
-    caller: Principal,
-    site: str | None,
+    calls: Calls, body: BulkChatCompletionRequest
 ) -> BulkChatCompletionResponse:
     """Every conversation of `body` through the request path, `bulk.concurrency` at once."""
-    config = inference.config.bulk
-    count = len(body.messages)
-    if count > config.max_items:
-        raise PayloadTooLargeError(
-            f"A bulk request holds at most {config.max_items} conversations; this one has "
-            f"{count}. Send more as a batch (POST /v1/files, then /v1/batches).",
-            param="messages",
-        )
-    federation = inference.federation
-    federation.policy.require_model(caller, body.model)
-    if not any(body.model in state.models for state in federation.sites.values()):
-        raise federation.unknown_model(caller, body.model, site)  # one 404, not one per item
-    request_id = request.scope.get("state", {}).get("request_id") or secrets.token_hex(8)
-    items = [_conversation(body, index) for index in range(count)]
-    running = asyncio.Semaphore(config.concurrency)
-
-    async def answer(index: int) -> tuple[BulkChatChoice, dict]:
-        async with running:
-            try:
-                # Its ledger row carries the bulk request's id, as every item's does.
-                response = await inference.forward(request, CHAT, items[index], caller, site)
-            except GatewayError as exc:
-                return _failed(index, exc.status, exc.message, exc.param, exc.code), {}
-        if not response.body:  # the caller went away: nobody reads this
-            return _failed(index, response.status_code, "Cancelled.", None, None), {}
-        return _choice(index, response.status_code, json.loads(response.body))
-
-    answers = await asyncio.gather(*(answer(index) for index in range(count)))
-    used = [usage for _, usage in answers]
+    _within_max_items(calls, len(body.messages), "messages", "conversations")
+    items = [_conversation(body, index) for index in range(len(body.messages))]
+    answers = await spread(calls, CHAT, items)
     return BulkChatCompletionResponse(
-        id=f"chatcmpl-bulk-{request_id}",
+        id=f"chatcmpl-bulk-{_request_id(calls.request)}",
         created=int(time.time()),
         model=body.model,
-        choices=[choice for choice, _ in answers],
-        usage=Usage(
-            **{key: sum(u.get(key, 0) for u in used) for key in USAGE_KEYS}  # type: ignore[arg-type]
-        ),
+        choices=[_chat_choice(index, answer) for index, answer in enumerate(answers)],
+        usage=summed_usage(answers),
     )
+
+
+async def bulk_completion(
+    calls: Calls, body: CompletionRequest, prompts: Sequence[str | list[int]]
+) -> BulkCompletionResponse:
+    """Each of `prompts` (`body.prompts()`) a completion of its own, its choices renumbered."""
+    _within_max_items(calls, len(prompts), "prompt", "prompts")
+    items = [body.model_copy(update={"prompt": prompt}) for prompt in prompts]
+    answers = await spread(calls, COMPLETIONS, items)
+    per_prompt = body.n or 1
+    choices: list[BulkCompletionChoice] = []
+    for index, answer in enumerate(answers):
+        first = index * per_prompt
+        if not answer.ok:
+            error = answer.error
+            choices += [
+                BulkCompletionChoice(index=first + j, error=error) for j in range(per_prompt)
+            ]
+            continue
+        for choice in answer.body["choices"]:
+            numbered = {**choice, "index": first + choice["index"]}
+            choices.append(BulkCompletionChoice.model_validate(numbered))
+    return BulkCompletionResponse(
+        id=f"cmpl-bulk-{_request_id(calls.request)}",
+        created=int(time.time()),
+        model=body.model,
+        choices=choices,
+        usage=summed_usage(answers),
+    )
+
+
+async def bulk_embedding(
+    calls: Calls, body: EmbeddingRequest, inputs: Sequence[str | list[int]]
+) -> JSONResponse:
+    """`inputs` (a list `input`) in slices, each placed on its own; the embeddings in order,
+    or the first failed slice's error for the whole."""
+    size = calls.inference.config.bulk.embedding_inputs_per_request
+    starts = range(0, len(inputs), size)
+    items = [body.model_copy(update={"input": list(inputs[at : at + size])}) for at in starts]
+    answers = await spread(calls, EMBEDDINGS, items)
+    for answer in answers:
+        if not answer.ok:
+            return JSONResponse({"error": answer.error.model_dump()}, status_code=answer.status)
+    data = [
+        {**embedding, "index": at + embedding["index"]}
+        for at, answer in zip(starts, answers, strict=True)
+        for embedding in answer.body["data"]
+    ]
+    answer = answers[0].body
+    usage = summed_usage(answers)
+    # An embedding's usage has no completion tokens.
+    shaped = {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens}
+    return JSONResponse({**answer, "data": data, "usage": shaped})
+
+
+async def spread(calls: Calls, path: str, items: Sequence[OpenAIModel]) -> list[Answer]:
+    """`items` through the request path, `bulk.concurrency` at once; answers in order.
+
+    The model is checked once first: an unknown model is one 404 for the
+    whole, not one per item.
+    """
+    model = items[0].model
+    federation = calls.inference.federation
+    federation.policy.require_model(calls.caller, model)
+    if not federation.serves(model, calls.site):
+        raise federation.unknown_model(calls.caller, model, calls.site)
+    running = asyncio.Semaphore(calls.inference.config.bulk.concurrency)
+
+    async def answer(item: OpenAIModel) -> Answer:
+        async with running:
+            # Its ledger row carries the bulk request's id, as every item's does.
+            return await calls.call(path, item)
+
+    return await asyncio.gather(*(answer(item) for item in items))
+
+
+def summed_usage(answers: Sequence[Answer]) -> Usage:
+    used = [answer.usage for answer in answers]
+    return Usage(**{key: sum(u.get(key) or 0 for u in used) for key in USAGE_KEYS})  # type: ignore[arg-type]
+
+
+def _within_max_items(calls: Calls, count: int, param: str, what: str) -> None:
+    most = calls.inference.config.bulk.max_items
+    if count > most:
+        raise PayloadTooLargeError(
+            f"A bulk request holds at most {most} {what}; this one has {count}. Send more as "
+            "a batch (POST /v1/files, then /v1/batches).",
+            param=param,
+        )
+
+
+def _request_id(request: Request) -> str:
+    return request.scope.get("state", {}).get("request_id") or secrets.token_hex(8)
 
 
 def _conversation(body: BulkChatCompletionRequest, index: int) -> ChatCompletionRequest:
@@ -99,19 +170,9 @@ def _conversation(body: BulkChatCompletionRequest, index: int) -> ChatCompletion
         ) from None
 
 
-def _choice(index: int, status: int, answer: dict) -> tuple[BulkChatChoice, dict]:
-    """A site's answer to one conversation as its choice, and its usage."""
-    if status != 200:
-        error = answer.get("error") or {}
-        message = error.get("message") or f"The site answered HTTP {status}."
-        return _failed(index, status, message, error.get("param"), error.get("code")), {}
-    (first,) = answer["choices"]  # n is 1
-    choice = BulkChatChoice.model_validate({**first, "index": index})
-    return choice, answer.get("usage") or {}
-
-
-def _failed(
-    index: int, status: int, message: str, param: str | None, code: str | None
-) -> BulkChatChoice:
-    detail = ErrorDetail(message=message, type=error_type(status), param=param, code=code)
-    return BulkChatChoice(index=index, error=detail)
+def _chat_choice(index: int, answer: Answer) -> BulkChatChoice:
+    """A site's answer to one conversation as its choice."""
+    if not answer.ok:
+        return BulkChatChoice(index=index, error=answer.error)
+    (first,) = answer.body["choices"]  # n is 1
+    return BulkChatChoice.model_validate({**first, "index": index})

@@ -11,10 +11,14 @@ every second so a stopped site shows as down within a few seconds.
 - sim-ghost: only on the ghost site (no healthy site serves it: 503);
 - sim-late: west only, 3 s to its first token (a stream that waits);
 - sim-narrow: west only, 2 s per answer, 2 at once and 2 queued in Serve (a full site).
+
+The gateway also declares the tribunals of `TRIBUNALS` over those models.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +62,39 @@ SITE_MODELS = {
         },
     ],
 }
+
+
+# The tribunals of tests/integration/test_tribunal.py: critics on both sites and on each.
+TRIBUNALS = [
+    {
+        "name": "panel",
+        "generator": "sim-even",
+        "critics": ["sim-skew", "sim-even"],
+        "reviser": "sim-fast",
+        "critic_max_tokens": 8,
+    },
+    {
+        "name": "panel-twice",
+        "generator": "sim-fast",
+        "critics": ["sim-even", "sim-skew"],
+        "reviser": "sim-even",
+        "rounds": 2,
+        "critic_max_tokens": 8,
+    },
+    {
+        "name": "panel-late",
+        "generator": "sim-late",
+        "critics": ["sim-fast"],
+        "reviser": "sim-fast",
+        "critic_max_tokens": 8,
+    },
+    {
+        "name": "panel-ghost",
+        "generator": "sim-fast",
+        "critics": ["sim-even", "sim-ghost"],
+        "reviser": "sim-fast",
+    },
+]
 
 
 @dataclass
@@ -131,6 +168,7 @@ def federation(tmp_path_factory) -> Iterator[Federation]:
         "store": {"path": str(workdir / "first.db")},
         "status": {"down_after_failures": 2},
         "circuit_breaker": {"failure_threshold": 2, "open_s": 2},
+        "tribunals": TRIBUNALS,
         "sites": [
             {
                 "name": name,
@@ -158,3 +196,24 @@ def federation(tmp_path_factory) -> Iterator[Federation]:
             gateway.stop()
         for site in sites.values():
             site.cleanup()
+
+
+@contextlib.contextmanager
+def gateway_like(
+    federation, tmp_path: Path, name: str, changes: dict, site_changes: dict | None = None
+) -> Iterator[tuple[FirstProcess, str]]:
+    """A standalone gateway of its own in front of the federation's sites, its config the
+    fixture's with `changes` (top-level sections) and, on every site, `site_changes`
+    (`timeouts` merged into the site's): it and its URL, stopped afterwards."""
+    config = copy.deepcopy(federation.config)
+    config["store"] = {"path": str(tmp_path / f"{name}.db")}
+    config.update(changes)
+    for site in config["sites"]:
+        extra = dict(site_changes or {})
+        site["timeouts"] = {**site["timeouts"], **extra.pop("timeouts", {})}
+        site.update(extra)
+    gateway, url = start_standalone_gateway(config, tmp_path / f"{name}.yaml", name)
+    try:
+        yield gateway, url
+    finally:
+        gateway.stop()

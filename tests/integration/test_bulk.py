@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,8 +24,8 @@ def conversations(count: int) -> list[list[dict]]:
     ]
 
 
-def answered_by_site(url: str) -> dict[str, float]:
-    """Chat completions of sim-even the gateway has answered, per site (its /metrics)."""
+def answered_by_site(url: str, route: str = "/v1/chat/completions") -> dict[str, float]:
+    """Requests on `route` for sim-even the gateway has answered, per site (its /metrics)."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
     counts: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -35,7 +36,7 @@ def answered_by_site(url: str) -> dict[str, float]:
             if (
                 sample.name == "first_requests_total"
                 and labels["model"] == "sim-even"
-                and labels["route"] == "/v1/chat/completions"
+                and labels["route"] == route
             ):
                 counts[labels["site"]] = counts.get(labels["site"], 0) + sample.value
     return counts
@@ -67,6 +68,45 @@ def test_a_bulk_spreads_over_the_sites_and_answers_in_order(federation):
     grown = {site: after.get(site, 0) - before.get(site, 0) for site in ("east", "west")}
     assert all(count > 0 for count in grown.values()), grown  # both sites took some
     assert sum(grown.values()) == 64, grown
+
+
+def grown_since(url: str, before: dict[str, float], route: str) -> dict[str, float]:
+    after = answered_by_site(url, route)
+    return {site: after.get(site, 0) - before.get(site, 0) for site in ("east", "west")}
+
+
+def test_a_list_prompt_is_spread_and_each_prompts_choices_keep_their_place(federation):
+    """OpenAI's numbering: prompt i's n choices at i * n ... i * n + n - 1."""
+    url, route = federation.gateway_url, "/v1/completions"
+    prompts = [f"Count to {i}:" for i in range(16)]
+    prompts[5] = "word " * 2100  # over sim-even's context
+    before = answered_by_site(url, route)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    answer = client.completions.create(model="sim-even", prompt=prompts, max_tokens=3, n=2)
+    assert [choice.index for choice in answer.choices] == list(range(32))
+    failed = [c.index for c in answer.choices if c.model_extra.get("error")]
+    assert failed == [10, 11], failed
+    assert all(len(c.text.split()) == 3 for c in answer.choices if c.index not in failed)
+    assert answer.usage.completion_tokens == 3 * 2 * 15
+    grown = grown_since(url, before, route)
+    assert all(count > 0 for count in grown.values()) and sum(grown.values()) == 16, grown
+    # A stream goes to one site whole, as before: its choices interleave.
+    before = answered_by_site(url, route)
+    list(client.completions.create(model="sim-even", prompt=prompts[:2], max_tokens=3, stream=True))
+    assert sum(grown_since(url, before, route).values()) == 1
+
+
+def test_a_long_list_of_embedding_inputs_goes_out_in_slices_and_comes_back_in_order(federation):
+    url, route = federation.gateway_url, "/v1/embeddings"
+    texts = [f"document {i} about topic {i % 7}" for i in range(100)]  # 4 slices of 32 at most
+    before = answered_by_site(url, route)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    answer = client.embeddings.create(model="sim-even", input=texts)
+    assert [item.index for item in answer.data] == list(range(100))
+    alone = client.embeddings.create(model="sim-even", input=texts[57]).data[0].embedding
+    assert answer.data[57].embedding == alone  # each text's own vector, in its place
+    assert answer.usage.prompt_tokens == sum(len(text.split()) for text in texts)
+    assert sum(grown_since(url, before, route).values()) == 4 + 1
 
 
 @pytest.mark.parametrize(

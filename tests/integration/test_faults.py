@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,7 +31,8 @@ import yaml
 from deployments.site_functions import site_status
 from deployments.site_status import SiteStatus
 from tests.conftest import SIMULATED_MODEL, free_port, private_ray_temp
-from tests.support.processes import FirstProcess, start_standalone_gateway
+from tests.integration.conftest import gateway_like
+from tests.support.processes import FirstProcess
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -185,27 +185,6 @@ def test_a_non_streaming_answer_slower_than_read_s_is_awaited(federation):
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["completion_tokens"] == 300
     assert took > federation.config["sites"][0]["timeouts"]["read_s"], took
-
-
-@contextlib.contextmanager
-def gateway_like(
-    federation, tmp_path: Path, name: str, changes: dict, site_changes: dict | None = None
-) -> Iterator[tuple[FirstProcess, str]]:
-    """A standalone gateway of its own in front of the federation's sites, its config the
-    fixture's with `changes` (top-level sections) and, on every site, `site_changes`
-    (`timeouts` merged into the site's): it and its URL, stopped afterwards."""
-    config = copy.deepcopy(federation.config)
-    config["store"] = {"path": str(tmp_path / f"{name}.db")}
-    config.update(changes)
-    for site in config["sites"]:
-        extra = dict(site_changes or {})
-        site["timeouts"] = {**site["timeouts"], **extra.pop("timeouts", {})}
-        site.update(extra)
-    gateway, url = start_standalone_gateway(config, tmp_path / f"{name}.yaml", name)
-    try:
-        yield gateway, url
-    finally:
-        gateway.stop()
 
 
 @pytest.fixture

@@ -157,3 +157,43 @@ def test_policy_restricting_a_model_no_site_serves_is_a_config_error():
                 "policy": {"models": {"mm": {"groups": ["g"]}}},
             }
         )
+
+
+def _with_tribunal(tribunal: dict) -> dict:
+    site = {"name": "s", "models": [{"id": m, "engine": "simulated"} for m in ("a", "b")]}
+    return {"sites": [{"name": "s", "site": site}], "tribunals": [tribunal]}
+
+
+def test_a_tribunal_over_served_models_loads_with_working_default_prompts():
+    config = FederationConfig.model_validate(
+        _with_tribunal({"name": "t", "generator": "a", "critics": ["b", "a"], "reviser": "a"})
+    )
+    (tribunal,) = config.tribunals
+    assert tribunal.rounds == 1 and tribunal.members == ["a", "b"]
+    assert "{answer}" in tribunal.prompts.critic and "{critiques}" in tribunal.prompts.revise
+    tribunal.prompts.critic.format(conversation="user: hi", answer="hello")
+
+
+@pytest.mark.parametrize(
+    ("tribunal", "words"),
+    [
+        ({"critics": ["nope"]}, r"tribunals\[0\]: no site serves the model 'nope'"),
+        ({"name": "a"}, r"tribunals\[0\]\.name: 'a' is a model a site serves"),
+        ({"critics": []}, r"tribunals\.0\.critics"),
+        ({"rounds": 0}, r"tribunals\.0\.rounds"),
+        ({"prompts": {"critic": "{draft}"}}, r"unknown field \{draft\}; the fields are"),
+        ({"prompts": {"revise": "{critiques"}}, r"not a format string"),
+    ],
+    ids=[
+        "unserved-member",
+        "name-of-a-model",
+        "no-critics",
+        "no-rounds",
+        "unknown-field",
+        "bad-format",
+    ],
+)
+def test_a_tribunal_mistake_is_named(tribunal, words):
+    base = {"name": "t", "generator": "a", "critics": ["b"], "reviser": "a"}
+    with pytest.raises(ValidationError, match=words):
+        FederationConfig.model_validate(_with_tribunal({**base, **tribunal}))
