@@ -9,6 +9,7 @@ BIN := $(VENV)/bin
 DEPS_HASH := $(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 TINY_MODEL := .first/models/tiny-llama
+TINY_EMBED := .first/models/tiny-embed
 PREFIX_MODEL := .first/models/tiny-prefix
 SITE_CONFIG ?= cluster_configs/local.yaml
 FEDERATION_CONFIG ?= cluster_configs/local-federation.yaml
@@ -21,7 +22,7 @@ LITELLM_VENV := .first/litellm-venv
 LITELLM_VERSION := 1.108.7
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
 
-.PHONY: install dev-slurm prometheus run run-slurm monitor test test-fast test-haproxy lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics bench-request-cost bench-overload bench-bulk clean
+.PHONY: install dev-slurm prometheus chromium run run-slurm monitor test test-fast test-haproxy lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics bench-request-cost bench-overload bench-bulk clean
 
 install: $(STAMP)
 
@@ -41,6 +42,9 @@ $(STAMP): pyproject.toml Makefile
 $(TINY_MODEL)/config.json: | $(STAMP)
 	$(BIN)/first model build-tiny --out $(TINY_MODEL)
 
+$(TINY_EMBED)/config.json: | $(STAMP)
+	$(BIN)/first model build-tiny --embedding --out $(TINY_EMBED)
+
 # A single-node Slurm with munge (apt packages), for the Slurm tests and run-slurm.
 dev-slurm:
 	scripts/dev-slurm.sh install
@@ -49,7 +53,11 @@ dev-slurm:
 prometheus:
 	scripts/install-prometheus.sh
 
-run: install $(TINY_MODEL)/config.json
+# Chromium (Debian package), the browser Playwright drives in the chat page's test.
+chromium:
+	scripts/install-chromium.sh
+
+run: install $(TINY_MODEL)/config.json $(TINY_EMBED)/config.json
 	$(BIN)/first gateway up --config $(FEDERATION_CONFIG) --with-key "$${USER:-local}"
 
 # The same stack with the local site's models in jobs of a development Slurm.
@@ -61,7 +69,7 @@ MONITOR_PORT ?= 9090
 monitor: install prometheus
 	$(BIN)/first monitor up --config $(FEDERATION_CONFIG) --port $(MONITOR_PORT)
 
-test: install dev-slurm prometheus
+test: install dev-slurm prometheus chromium
 	$(BIN)/pytest
 
 test-fast: install prometheus
@@ -69,7 +77,7 @@ test-fast: install prometheus
 
 # The tests on the shared stack again with Serve's fast path on (ray.haproxy.enabled,
 # serve.direct_streaming): what of our behaviour Ray's experimental ingress keeps.
-test-haproxy: install dev-slurm prometheus
+test-haproxy: install dev-slurm prometheus chromium
 	FIRST_TEST_HAPROXY=1 $(BIN)/pytest
 
 # ruff, and the layer contracts of pyproject.toml ([tool.importlinter]).

@@ -78,6 +78,9 @@ def write_federation(workdir: Path, ray_temp: str) -> Path:
     )
     site = yaml.safe_load((REPO / "cluster_configs" / "local.yaml").read_text())
     site["models"][0]["source"] = str(TINY_MODEL)
+    # The chat models only; no RAG collections (the embedding model is not started).
+    site["models"] = [m for m in site["models"] if m["id"] != "tiny-embed"]
+    federation.pop("rag", None)
     # One replica throughout: both paths meet the same engine, however much load they make.
     site["models"][0]["autoscaling"] = {"preset": "hot", "max_replicas": 1}
     federation["sites"][0]["site"] = site

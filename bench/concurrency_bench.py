@@ -121,6 +121,8 @@ def stack_config(workdir: Path, ray_temp: str) -> Path:
     config = yaml.safe_load((REPO / "cluster_configs" / "local-federation.yaml").read_text())
     site = yaml.safe_load((REPO / "cluster_configs" / "local.yaml").read_text())
     site["models"] = [shipped_model() | {"source": str(TINY_MODEL)}]
+    for workflow in ("tribunals", "rag"):  # over models this stack does not serve
+        config.pop(workflow, None)
     # One engine, so that both paths meet the same one (a second replica would
     # share the same 2 cores and measure the machine, not the path).
     site["models"][0]["autoscaling"] = {"preset": "hot", "max_replicas": 1}

@@ -287,6 +287,11 @@ class ModelConfig(StrictConfig):
         return SimulatedEngineConfig.model_validate(self.engine_kwargs)
 
     @property
+    def embeds(self) -> bool:
+        """A vLLM embedding model (`runner: pooling`): it answers /v1/embeddings only."""
+        return self.engine == "vllm" and self.engine_kwargs.get("runner") == "pooling"
+
+    @property
     def min_allocations(self) -> int:
         if self.allocations.min is not None:
             return self.allocations.min

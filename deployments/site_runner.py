@@ -186,10 +186,13 @@ def warm_models(site: SiteConfig) -> list[ModelConfig]:
     return [m for m in site.models if m.autoscaling.serve_config().get("initial_replicas", 1) > 0]
 
 
-def ping_model(client: httpx.Client, model_id: str) -> httpx.Response:
-    """A one-token completion: the model answers only once its engine runs."""
+def ping_model(client: httpx.Client, model: ModelConfig) -> httpx.Response:
+    """A one-token completion (an embedding, for an embedding model): the model answers
+    only once its engine runs."""
+    if model.embeds:
+        return client.post("/v1/embeddings", json={"model": model.id, "input": "ping"})
     return client.post(
-        "/v1/completions", json={"model": model_id, "prompt": "ping", "max_tokens": 1}
+        "/v1/completions", json={"model": model.id, "prompt": "ping", "max_tokens": 1}
     )
 
 
@@ -216,7 +219,7 @@ def wait_until_answering(site: SiteConfig, timeout_s: float, progress: Progress)
     warm = warm_models(site)
     with httpx.Client(base_url=site.base_url, timeout=30.0) as client:
         for model in warm:
-            failure = poll_until_ok(lambda m=model: ping_model(client, m.id), deadline)
+            failure = poll_until_ok(lambda m=model: ping_model(client, m), deadline)
             if failure is not None:
                 raise SiteStartError(
                     f"model {model.id} did not answer within {timeout_s:.0f} s (last: {failure})"

@@ -19,6 +19,7 @@ Two properties are engineered on purpose:
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +140,66 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, shape: TinyShape | None
     model = _build_model(tokenizer, seed, shape)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    return out
+
+
+def build_tiny_embedding_model(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write the tiny embedding model to `out_dir`: the tiny Llama's body without its
+    output layer (`LlamaModel`, which vLLM serves with `runner: pooling`), its
+    tokenizer, and the sentence-transformers files that tell vLLM to mean-pool and
+    normalize (no pooler flags needed). Random weights: its vectors carry no meaning,
+    so retrieval over it rests on the lexical half of hybrid search."""
+    import torch
+    from transformers import LlamaConfig, LlamaModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = _build_tokenizer(MAX_POSITION_EMBEDDINGS)
+    tokenizer.chat_template = None
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=HIDDEN_SIZE,
+        intermediate_size=INTERMEDIATE_SIZE,
+        num_hidden_layers=NUM_LAYERS,
+        num_attention_heads=NUM_HEADS,
+        num_key_value_heads=NUM_KV_HEADS,
+        max_position_embeddings=MAX_POSITION_EMBEDDINGS,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="float32",
+    )
+    LlamaModel(config).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+        {
+            "idx": 2,
+            "name": "2",
+            "path": "2_Normalize",
+            "type": "sentence_transformers.models.Normalize",
+        },
+    ]
+    (out / "modules.json").write_text(json.dumps(modules, indent=2))
+    pooling = {
+        "word_embedding_dimension": HIDDEN_SIZE,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_lasttoken": False,
+    }
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+    (out / "2_Normalize").mkdir(exist_ok=True)
+    settings = {"max_seq_length": MAX_POSITION_EMBEDDINGS, "do_lower_case": False}
+    (out / "sentence_bert_config.json").write_text(json.dumps(settings))
     return out
 
 

@@ -18,7 +18,7 @@ from serve_app.access.ratelimit import RateLimiter
 from serve_app.config import FederationConfig
 from serve_app.errors import register_error_handlers
 from serve_app.middleware import RequestContextMiddleware
-from serve_app.routes import batches, health, metrics, usage, whoami
+from serve_app.routes import batches, health, metrics, rag, usage, web, whoami
 from serve_app.routes.dependencies import credential_before_body
 from serve_app.routes.inference import build_inference_router
 from serve_app.routes.models import build_models_router
@@ -68,6 +68,8 @@ def build_app(
     app.include_router(whoami.router)
     app.include_router(batches.router)
     app.include_router(usage.router)
+    app.include_router(rag.router)
+    app.include_router(web.router)
     if config.metrics.enabled:
         app.include_router(metrics.router)
     for pinned in (False, True):

@@ -106,6 +106,11 @@ class SiteNotFoundError(GatewayError):
     code = "site_not_found"
 
 
+class CollectionNotFoundError(GatewayError):
+    status = 404
+    code = "collection_not_found"
+
+
 class PayloadTooLargeError(GatewayError):
     status = 413
     code = "payload_too_large"
@@ -159,7 +164,7 @@ DOCUMENTED_ERRORS = {
     400: "Malformed request: not JSON, a missing or invalid field.",
     401: "Missing, malformed, expired or unknown credential (API key or Globus token).",
     403: "The credential is valid but the policy does not allow this caller or model.",
-    404: "Unknown model, site, file, batch or route.",
+    404: "Unknown model, site, file, batch, collection or route.",
     409: "The file is the input of a batch still running.",
     413: "Request body larger than the gateway accepts.",
     415: "Request body is not application/json.",

@@ -176,7 +176,7 @@ def wait_until_gateway_answers(
     config: FederationConfig, deadline: float, progress: Progress
 ) -> None:
     """The gateway answers /health, and a completion for every warm colocated model."""
-    models = [model.id for site in config.colocated_sites for model in warm_models(site)]
+    models = [model for site in config.colocated_sites for model in warm_models(site)]
     with (
         startup_credential(config) as key,
         httpx.Client(base_url=gateway_url(config), timeout=30.0) as client,
@@ -190,10 +190,10 @@ def wait_until_gateway_answers(
         for model in models:
             _wait(
                 lambda m=model: ping_model(client, m),
-                f"model {model} through the gateway",
+                f"model {model.id} through the gateway",
                 deadline,
             )
-            progress(f"model {model} answers through the gateway")
+            progress(f"model {model.id} answers through the gateway")
 
 
 def _wait(call: Callable[[], httpx.Response], what: str, deadline: float) -> None:

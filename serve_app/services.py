@@ -37,6 +37,7 @@ from serve_app.routing.federation import Federation
 from serve_app.settings import Settings
 from serve_app.store import SqliteStore, build_store
 from serve_app.usage.ledger import UsageLedger
+from serve_app.workflows.rag.service import RagService
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Services:
     federation: Federation
     inference: InferenceService
     batches: BatchService
+    rag: RagService
     supervisor: BatchSupervisor
     ledger: UsageLedger | None
     keeper: Keeper | None
@@ -102,6 +104,7 @@ def build_services(
         federation=federation,
         inference=inference,
         batches=batches,
+        rag=RagService(config.rag),
         supervisor=BatchSupervisor(batches, ledger),
         ledger=ledger,
         keeper=build_keeper(config, settings) if with_keeper and config.slurm_sites else None,

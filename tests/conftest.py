@@ -43,6 +43,8 @@ STACK_START_TIMEOUT_S = 600
 HAPROXY = os.environ.get("FIRST_TEST_HAPROXY") == "1"
 VLLM_MODEL = "tiny-llama"
 SIMULATED_MODEL = "sim-llama"
+EMBEDDING_MODEL = "tiny-embed"
+DEMO_COLLECTION = {"name": "first-docs", "paths": [str(REPO / "docs")]}
 TINY_CONTEXT = 256
 __all__ = ["FIRST", "SIMULATED_MODEL", "TINY_CONTEXT", "VLLM_MODEL", "free_port"]
 
@@ -223,10 +225,16 @@ class RunningStack:
         )
 
 
-def local_site_for_tests(model_dir: Path) -> dict:
-    """The shipped local site, with the model built for this run."""
+def local_site_for_tests(model_dir: Path, embedding_dir: Path | None = None) -> dict:
+    """The shipped local site, with the models built for this run; without
+    `embedding_dir`, without the embedding model."""
     site = yaml.safe_load((REPO / "cluster_configs" / "local.yaml").read_text())
     site["models"][0]["source"] = str(model_dir)
+    embedder = next(m for m in site["models"] if m["id"] == EMBEDDING_MODEL)
+    if embedding_dir is None:
+        site["models"].remove(embedder)
+    else:
+        embedder["source"] = str(embedding_dir)
     # Every token in its own chunk, so streaming tests see several chunks.
     for model in site["models"]:
         model["stream_interval_ms"] = 0
@@ -246,7 +254,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(tiny_model_dir, tmp_path_factory, globus_auth) -> Iterator[RunningStack]:
+def tiny_embedding_dir(tmp_path_factory) -> Path:
+    import subprocess
+
+    out = tmp_path_factory.mktemp("models") / "tiny-embed"
+    subprocess.run([FIRST, "model", "build-tiny", "--embedding", "--out", str(out)], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tiny_model_dir, tiny_embedding_dir, tmp_path_factory, globus_auth
+) -> Iterator[RunningStack]:
     """`first gateway up` on the shipped federation, with the local site colocated."""
     ray_temp = private_ray_temp()
     workdir = tmp_path_factory.mktemp("stack")
@@ -262,7 +281,9 @@ def stack(tiny_model_dir, tmp_path_factory, globus_auth) -> Iterator[RunningStac
     )
     if HAPROXY:
         federation["gateway"]["ray"]["haproxy"] = {"enabled": True}
-    federation["sites"][0]["site"] = local_site_for_tests(tiny_model_dir)
+    federation["sites"][0]["site"] = local_site_for_tests(tiny_model_dir, tiny_embedding_dir)
+    # The demo collection of the project's docs, kept in the workdir.
+    federation["rag"].update(path=str(workdir / "rag"), collections=[DEMO_COLLECTION])
     # Every replica polls the site, and each status call makes the site's Ray metrics
     # agent render its whole metrics text (1-2 MB once the suite has run a while, 0.3-0.5 s
     # of CPU): at 2 s for two replicas and 1 s for the standalone gateway it kept most of

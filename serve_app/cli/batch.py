@@ -10,49 +10,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import click
-import httpx
+
+from serve_app.cli.client import API_KEY_OPTION, URL_OPTION, GatewayClient
 
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-
-
-class GatewayClient:
-    """The gateway's batch routes; every failure becomes a one-line ClickException."""
-
-    def __init__(self, url: str, api_key: str | None):
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=120)
-
-    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise click.ClickException(f"cannot reach {self.http.base_url}: {exc}") from None
-        if response.status_code >= 400:
-            try:
-                message = response.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = response.text[:200]
-            raise click.ClickException(f"{response.status_code}: {message}")
-        return response
-
-    def batch(self, batch_id: str) -> dict:
-        return self.call("GET", f"/v1/batches/{batch_id}").json()
-
-
-_URL = click.option(
-    "--url",
-    envvar="FIRST_URL",
-    default="http://127.0.0.1:8000",
-    show_default=True,
-    help="The gateway (also $FIRST_URL).",
-)
-_KEY = click.option(
-    "--api-key", envvar="FIRST_API_KEY", help="Your API key or Globus token ($FIRST_API_KEY)."
-)
 
 
 def _out(help_text: str):
@@ -105,8 +69,8 @@ def prepare_lines(path: Path, model: str | None, endpoint: str) -> bytes:
 )
 @click.option("--wait", is_flag=True, help="Follow the batch with a progress bar, then download.")
 @_out("With --wait: where the output and error files go.")
-@_URL
-@_KEY
+@URL_OPTION
+@API_KEY_OPTION
 def submit(  # noqa: PLR0913 (click options)
     file: Path,
     model: str | None,
@@ -140,7 +104,7 @@ def follow(gateway: GatewayClient, batch_id: str, interval_s: float = 2.0) -> di
     """Poll until the batch ends, with a progress bar of lines answered."""
     from tqdm import tqdm
 
-    current = gateway.batch(batch_id)
+    current = gateway.get_json(f"/v1/batches/{batch_id}")
     with tqdm(total=current["request_counts"]["total"], unit="req", desc=current["status"]) as bar:
         while True:
             counts = current["request_counts"]
@@ -150,7 +114,7 @@ def follow(gateway: GatewayClient, batch_id: str, interval_s: float = 2.0) -> di
             if current["status"] in TERMINAL:
                 return current
             time.sleep(interval_s)
-            current = gateway.batch(batch_id)
+            current = gateway.get_json(f"/v1/batches/{batch_id}")
 
 
 def download_results(gateway: GatewayClient, batch_data: dict, out: Path) -> None:
@@ -167,11 +131,11 @@ def download_results(gateway: GatewayClient, batch_data: dict, out: Path) -> Non
 @batch.command("status")
 @click.argument("batch_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole batch object.")
-@_URL
-@_KEY
+@URL_OPTION
+@API_KEY_OPTION
 def status(batch_id: str, as_json: bool, url: str, api_key: str | None) -> None:
     """Show a batch's status and request counts."""
-    data = GatewayClient(url, api_key).batch(batch_id)
+    data = GatewayClient(url, api_key).get_json(f"/v1/batches/{batch_id}")
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -184,8 +148,8 @@ def status(batch_id: str, as_json: bool, url: str, api_key: str | None) -> None:
 
 @batch.command("cancel")
 @click.argument("batch_id")
-@_URL
-@_KEY
+@URL_OPTION
+@API_KEY_OPTION
 def cancel(batch_id: str, url: str, api_key: str | None) -> None:
     """Cancel a batch; what already ran stays in its output file."""
     data = GatewayClient(url, api_key).call("POST", f"/v1/batches/{batch_id}/cancel").json()
@@ -195,12 +159,12 @@ def cancel(batch_id: str, url: str, api_key: str | None) -> None:
 @batch.command("download")
 @click.argument("batch_id")
 @_out("Folder for BATCH_output.jsonl and BATCH_error.jsonl.")
-@_URL
-@_KEY
+@URL_OPTION
+@API_KEY_OPTION
 def download(batch_id: str, out: Path, url: str, api_key: str | None) -> None:
     """Fetch a finished batch's output and error files."""
     gateway = GatewayClient(url, api_key)
-    data = gateway.batch(batch_id)
+    data = gateway.get_json(f"/v1/batches/{batch_id}")
     if data["status"] not in TERMINAL:
         raise click.ClickException(f"batch {batch_id} is {data['status']}; nothing to fetch yet")
     download_results(gateway, data, out)

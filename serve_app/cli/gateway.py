@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import click
 
 from serve_app.cli.common import (
@@ -62,15 +65,21 @@ def gateway_up(
         config = FederationConfig.model_validate(data)
     url = gateway_url(config)
     models = sorted({m.id for s in config.sites for m in s.site_config.models})
+    models += [tribunal.name for tribunal in config.tribunals]
     settings = Settings.from_environment()
     api_key: str | None = None
 
     def announce() -> None:
         where = f"   (sites and their state: {url}/health, {url}/v1/models)"
+        where += f"\nChat page: {url}/chat   (docs/chat.md)"
         if not standalone:
             where += f"\nPer-request logs: {config.gateway.ray.serve_logs_path()}/"
         click.echo(usage_banner("The gateway", url, models, where, api_key), err=True)
         click.echo(f"READY {url}", err=False)
+        if config.rag.collections:
+            # Beside the serving loop (the standalone gateway calls this from within it).
+            key = settings.api_key if api_key == KEY_FROM_ENVIRONMENT else api_key
+            threading.Thread(target=seed_collections, args=(config, url, key), daemon=True).start()
 
     log_keeper_decisions()
     verify_channels(config, settings, echo)
@@ -90,6 +99,31 @@ def gateway_up(
             shut_down(config.gateway.ray, serve_app_names(config))
 
     serve_until_signal(lambda: bring_up_on_serve(config, timeout_s, echo), announce, stop)
+
+
+def seed_collections(config, url: str, api_key: str | None) -> None:
+    """Ingest `rag.collections` through the gateway's own API, as `first rag ingest` would;
+    unchanged files are skipped, so a restart costs a read of each file."""
+    from serve_app.cli.client import GatewayClient
+    from serve_app.cli.rag import ingest_files
+
+    if api_key is None and config.auth.required:
+        names = ", ".join(c.name for c in config.rag.collections)
+        echo(f"rag.collections ({names}) not ingested: no API key (--with-key or $FIRST_API_KEY)")
+        return
+    gateway = GatewayClient(url, api_key, timeout_s=600)
+    for collection in config.rag.collections:
+        started = time.monotonic()
+        try:
+            totals = ingest_files(gateway, collection.name, collection.paths, None, progress=False)
+        except click.ClickException as exc:
+            echo(f"rag collection {collection.name} not ingested: {exc.message}")
+            continue
+        echo(
+            f"rag collection {collection.name}: {totals['documents']} documents "
+            f"({totals['changed']} new or changed), {totals['chunks']} chunks, "
+            f"{time.monotonic() - started:.1f} s"
+        )
 
 
 def _banner_key(config, user: str, given: str | None) -> str:

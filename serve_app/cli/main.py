@@ -11,11 +11,13 @@ import click
 
 from deployments.errors import FirstError
 from serve_app.cli.batch import batch
+from serve_app.cli.bulk import bulk
 from serve_app.cli.gateway import gateway
 from serve_app.cli.keeper import keeper
 from serve_app.cli.keys import keys, usage
 from serve_app.cli.model import model
 from serve_app.cli.monitor import monitor
+from serve_app.cli.rag import rag
 from serve_app.cli.site import site
 from serve_app.cli.slurm import slurm
 
@@ -35,5 +37,5 @@ def main() -> None:
     """FIRST: federated, OpenAI-compatible LLM inference on Ray Serve and vLLM."""
 
 
-for command in (site, slurm, gateway, keys, usage, keeper, model, batch, monitor):
+for command in (site, slurm, gateway, keys, usage, keeper, model, batch, bulk, rag, monitor):
     main.add_command(command)

@@ -5,7 +5,7 @@
 - `access`: authentication, the access policy, limits;
 - `routing`: site status, circuit breaker, placement, cold start;
 - `storage`: store, usage ledger, batches, metrics;
-- `workflows`: bulk requests and tribunals.
+- `workflows`: bulk requests, tribunals, RAG collections.
 
 The keeper's section is `autoscaling.config.KeeperConfig`: the keeper runs
 below the gateway and must not import it.
@@ -48,6 +48,8 @@ from serve_app.config.storage import (
 )
 from serve_app.config.workflows import (
     BulkConfig,
+    RagConfig,
+    SeededCollectionConfig,
     TribunalConfig,
     TribunalPromptsConfig,
 )
@@ -76,6 +78,8 @@ __all__ = [
     "PlacementPolicy",
     "PolicyConfig",
     "PrefixAffinityConfig",
+    "RagConfig",
+    "SeededCollectionConfig",
     "SiteTimeoutsConfig",
     "StatusConfig",
     "StoreConfig",

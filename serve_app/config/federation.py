@@ -45,7 +45,7 @@ from serve_app.config.storage import (
     MetricsConfig,
     StoreConfig,
 )
-from serve_app.config.workflows import BulkConfig, TribunalConfig
+from serve_app.config.workflows import BulkConfig, RagConfig, TribunalConfig
 
 # Where a site that shares the gateway's Ray cluster is mounted on the shared Serve proxy.
 COLOCATED_PREFIX = "/_sites"
@@ -220,6 +220,7 @@ class FederationConfig(StrictConfig):
         default_factory=list,
         description="Generate-critique-revise workflows, each called by its name as a model.",
     )
+    rag: RagConfig = Field(default_factory=RagConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     sites: list[FederatedSiteConfig] = Field(
         min_length=1, description="The sites behind the gateway; names must be unique."
@@ -267,6 +268,10 @@ class FederationConfig(StrictConfig):
                     f"policy.models.{model}: no site serves this model; served: "
                     f"{', '.join(sorted(served))}"
                 )
+        if self.rag.embedding_model is not None and self.rag.embedding_model not in served:
+            raise ValueError(
+                f"rag.embedding_model: no site serves the model {self.rag.embedding_model!r}"
+            )
         for index, tribunal in enumerate(self.tribunals):
             where = f"tribunals[{index}]"
             if tribunal.name in served:

@@ -1,12 +1,14 @@
-"""The workflows built on the request path: bulk requests and tribunals."""
+"""The workflows built on the request path: bulk requests, tribunals, RAG collections."""
 
 from __future__ import annotations
 
+import re
 import string
+from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from deployments.config_loading import StrictConfig
+from deployments.config_loading import AbsolutePath, StrictConfig
 
 DEFAULT_CRITIC_PROMPT = (
     "You review answers for accuracy and clarity. Here is a conversation and a draft "
@@ -21,8 +23,15 @@ DEFAULT_REVISE_PROMPT = (
     "Write an improved answer to my previous message that addresses their points. "
     "Reply with the answer only."
 )
+DEFAULT_RAG_PROMPT = (
+    "Answer the user's question from the sources below. Cite each source you use by its "
+    "number, like [1]. If the sources do not hold the answer, say so.\n\n"
+    "Sources:\n\n{sources}"
+)
 CRITIC_FIELDS = {"conversation", "answer"}
 REVISE_FIELDS = {"critiques", "answer", "conversation"}
+# Also a LanceDB table name.
+COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class BulkConfig(StrictConfig):
@@ -114,3 +123,73 @@ def _known_fields(template: str, known: set[str]) -> str:
             + ", ".join(f"{{{name}}}" for name in sorted(known))
         )
     return template
+
+
+class SeededCollectionConfig(StrictConfig):
+    """A collection built from files when the gateway starts."""
+
+    name: str = Field(description="The collection.")
+    paths: list[AbsolutePath] = Field(
+        min_length=1, description="Files and folders (Markdown, text, PDF) to ingest."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return check_collection_name(name)
+
+
+class RagConfig(StrictConfig):
+    """Retrieval-augmented chat over collections of documents (`/v1/rag/...`).
+
+    A collection is a LanceDB table of chunks on disk, each with its text
+    (BM25 full-text index) and its embedding (vector search); a question is
+    answered from the chunks both searches rank best, fused (hybrid search).
+    """
+
+    path: AbsolutePath = Field(
+        Path(".first/rag"),
+        validate_default=True,
+        description="Folder of the collections, shared by the gateway's replicas.",
+    )
+    embedding_model: str | None = Field(
+        None,
+        description="Model that embeds a new collection's chunks when its first ingestion "
+        "names none: a model a site serves as an embedding model.",
+    )
+    chunk_chars: int = Field(1000, ge=100, description="Most characters of one chunk.")
+    overlap_chars: int = Field(
+        150, ge=0, description="Characters of a chunk repeated at the start of the next."
+    )
+    top_k: int = Field(4, ge=1, le=50, description="Chunks a question is answered from.")
+    prompt: str = Field(
+        DEFAULT_RAG_PROMPT,
+        description="System message put before the caller's messages; field {sources}: the "
+        "chunks found, numbered, each with its title.",
+    )
+    collections: list[SeededCollectionConfig] = Field(
+        default_factory=list,
+        description="Collections `first gateway up` ingests from files once it answers "
+        "(unchanged files are skipped): a centre's own documentation, say.",
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_fields(cls, template: str) -> str:
+        return _known_fields(template, {"sources"})
+
+    @model_validator(mode="after")
+    def _overlap_within_chunk(self) -> RagConfig:
+        if self.overlap_chars >= self.chunk_chars:
+            raise ValueError("overlap_chars: must be less than chunk_chars")
+        return self
+
+
+def check_collection_name(name: str) -> str:
+    """A collection's name, or ValueError saying what one may be."""
+    if not COLLECTION_NAME.fullmatch(name) or name == "collections":
+        raise ValueError(
+            f"{name!r} is not a collection name: 1 to 64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit (and not 'collections')"
+        )
+    return name

@@ -22,6 +22,7 @@ from serve_app.errors import GatewayError, gateway_error_handler
 from serve_app.inference import InferenceService
 from serve_app.routing.federation import Federation
 from serve_app.services import Services
+from serve_app.workflows.rag.service import RagService
 
 
 async def services_of(request: Request) -> Services:
@@ -42,6 +43,10 @@ async def inference_of(services: ServicesDep) -> InferenceService:
 
 async def batches_of(services: ServicesDep) -> BatchService:
     return services.batches
+
+
+async def rag_of(services: ServicesDep) -> RagService:
+    return services.rag
 
 
 async def caller_of(services: ServicesDep, request: Request) -> Principal:
@@ -84,4 +89,5 @@ PINNED_PREFIX = "/sites/{site}"
 FederationDep = Annotated[Federation, Depends(federation_of)]
 InferenceDep = Annotated[InferenceService, Depends(inference_of)]
 BatchesDep = Annotated[BatchService, Depends(batches_of)]
+RagDep = Annotated[RagService, Depends(rag_of)]
 CallerDep = Annotated[Principal, Depends(caller_of)]

@@ -29,7 +29,7 @@ from serve_app.routes.dependencies import (
 )
 from serve_app.workflows.bulk import bulk_chat_completion, bulk_completion, bulk_embedding
 from serve_app.workflows.calls import Calls
-from serve_app.workflows.tribunal import TribunalRun, tribunal_named
+from serve_app.workflows.tribunal import chat_completion
 
 STREAM_DOC = {"text/event-stream": {"schema": {"type": "string"}}}
 
@@ -60,10 +60,7 @@ def build_inference_router(pinned: bool) -> APIRouter:
     ) -> Response | ChatCompletionResponse:
         """Chat completion on the least-loaded site serving the model; streams with `stream`.
         On a tribunal (listed in /v1/models), its generate-critique-revise workflow."""
-        if site is None and (tribunal := tribunal_named(inference.config, body.model)):
-            run = TribunalRun(Calls(inference, request, caller), tribunal, body)
-            return await run.respond()
-        return await inference.forward(request, "/v1/chat/completions", body, caller, site)
+        return await chat_completion(Calls(inference, request, caller, site), body)
 
     @router.post(
         "/v1/chat/completions/batch",

@@ -42,7 +42,7 @@ from serve_app.protocol import (
     OpenAIModel,
     Usage,
 )
-from serve_app.workflows.calls import Answer, Calls
+from serve_app.workflows.calls import Answer, CallFailedError, Calls
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -100,23 +100,32 @@ async def bulk_embedding(
 ) -> JSONResponse:
     """`inputs` (a list `input`) in slices, each placed on its own; the embeddings in order,
     or the first failed slice's error for the whole."""
+    data, usage, first = await embed(calls, body, inputs)
+    # An embedding's usage has no completion tokens.
+    shaped = {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens}
+    return JSONResponse({**first, "data": data, "usage": shaped})
+
+
+async def embed(
+    calls: Calls, body: EmbeddingRequest, inputs: Sequence[str | list[int]]
+) -> tuple[list[dict], Usage, dict]:
+    """Every input's embedding object, in order, from slices of
+    `bulk.embedding_inputs_per_request` placed on their own; the usage summed, and the
+    first slice's answer (its model and id). A failed slice raises `CallFailedError`."""
     size = calls.inference.config.bulk.embedding_inputs_per_request
     starts = range(0, len(inputs), size)
     items = [body.model_copy(update={"input": list(inputs[at : at + size])}) for at in starts]
     answers = await spread(calls, EMBEDDINGS, items)
-    for answer in answers:
+    for at, answer in zip(starts, answers, strict=True):
         if not answer.ok:
-            return JSONResponse({"error": answer.error.model_dump()}, status_code=answer.status)
+            end = min(at + size, len(inputs))
+            raise CallFailedError(f"embedding of inputs {at} to {end - 1}", answer)
     data = [
         {**embedding, "index": at + embedding["index"]}
         for at, answer in zip(starts, answers, strict=True)
         for embedding in answer.body["data"]
     ]
-    answer = answers[0].body
-    usage = summed_usage(answers)
-    # An embedding's usage has no completion tokens.
-    shaped = {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens}
-    return JSONResponse({**answer, "data": data, "usage": shaped})
+    return data, summed_usage(answers), answers[0].body
 
 
 async def spread(calls: Calls, path: str, items: Sequence[OpenAIModel]) -> list[Answer]:

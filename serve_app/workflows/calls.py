@@ -50,6 +50,16 @@ class Answer:
         return (self.body.get("usage") or {}) if self.ok else {}
 
 
+class CallFailedError(GatewayError):
+    """A call's refusal as the workflow's own, with the call's status, naming the call."""
+
+    def __init__(self, what: str, answer: Answer):
+        error = answer.error
+        super().__init__(f"The {what} failed: {error.message}", param=error.param)
+        self.status = answer.status
+        self.code = error.code
+
+
 @dataclass(frozen=True)
 class Calls:
     """What every call of one workflow request shares: the request path, the calling

@@ -43,7 +43,7 @@ from serve_app.protocol import (
 )
 from serve_app.routing import SITE_HEADER
 from serve_app.workflows.bulk import CHAT, summed_usage
-from serve_app.workflows.calls import Answer, Calls
+from serve_app.workflows.calls import Answer, CallFailedError, Calls
 
 DONE = b"data: [DONE]"
 # Fields of the caller's request a critic does not get: a critique is plain text.
@@ -54,14 +54,13 @@ def tribunal_named(config: FederationConfig, name: str) -> TribunalConfig | None
     return next((t for t in config.tribunals if t.name == name), None)
 
 
-class StepFailedError(GatewayError):
-    """A step's refusal, with the step's status, naming the step."""
-
-    def __init__(self, what: str, answer: Answer):
-        error = answer.error
-        super().__init__(f"The tribunal's {what} failed: {error.message}", param=error.param)
-        self.status = answer.status
-        self.code = error.code
+async def chat_completion(
+    calls: Calls, body: ChatCompletionRequest
+) -> Response | ChatCompletionResponse:
+    """A chat completion on a model, or, unpinned, on a tribunal of that name."""
+    if calls.site is None and (tribunal := tribunal_named(calls.inference.config, body.model)):
+        return await TribunalRun(calls, tribunal, body).respond()
+    return await calls.inference.forward(calls.request, CHAT, body, calls.caller, calls.site)
 
 
 class TribunalRun:
@@ -143,7 +142,7 @@ class TribunalRun:
     def _checked(self, kind: str, round_: int, model: str, answer: Answer) -> Answer:
         """`answer` in the trace if it succeeded; the tribunal's failure, naming it, if not."""
         if not answer.ok:
-            raise StepFailedError(f"{kind} step ({model})", answer)
+            raise CallFailedError(f"tribunal's {kind} step ({model})", answer)
         self._record(kind, round_, model, answer.site, _content(answer), answer)
         return answer
 

@@ -4,6 +4,8 @@ a failed conversation its own error, every item limited and in the ledger."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import uuid
 
 import httpx
@@ -11,7 +13,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import BURST_USER, INSIDERS, MEMBERS, SIMULATED_MODEL, records_of
+from tests.conftest import BURST_USER, FIRST, INSIDERS, MEMBERS, SIMULATED_MODEL, records_of
 
 pytestmark = pytest.mark.slow
 BULK = "/v1/chat/completions/batch"
@@ -146,3 +148,30 @@ def test_every_item_is_limited_and_in_the_ledger(stack):
     records = records_of(stack.store_path, user, 24)
     assert len(records) == 24 and {r.status for r in records} == {200}
     assert sum(r.completion_tokens for r in records) == answer["usage"]["completion_tokens"]
+
+
+def test_first_bulk_answers_a_jsonl_file_in_order_and_fails_for_a_failed_conversation(
+    federation, tmp_path
+):
+    lines = [json.dumps(messages) for messages in conversations(20)]
+    lines[3] = json.dumps({"custom_id": "third", "messages": conversations(4)[3]})
+    lines[TOO_LONG] = json.dumps([{"role": "user", "content": "word " * 2100}])
+    source = tmp_path / "questions.jsonl"
+    source.write_text("\n".join(lines) + "\n\n")  # a blank line is skipped
+    out = tmp_path / "answers.jsonl"
+    command = [FIRST, "bulk", str(source), "--model", "sim-even", "--max-tokens", "3"]
+    command += ["--chunk", "8", "--out", str(out), "--url", federation.gateway_url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().endswith(
+        "Error: 1 of 20 conversations failed (their `error` is in the output)"
+    ), done.stderr
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [a["index"] for a in answers] == list(range(20))
+    assert answers[3]["custom_id"] == "third" and "custom_id" not in answers[4]
+    assert "maximum context length" in answers[TOO_LONG]["error"]["message"]
+    assert all(len(a["message"]["content"].split()) == 3 for a in answers if not a["error"])
+
+    source.write_text("not json\n")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and f"{source}:1: not JSON" in done.stderr

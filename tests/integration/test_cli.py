@@ -6,9 +6,12 @@ import json
 import os
 import subprocess
 
+import click
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from serve_app.cli import main
 from tests.conftest import FIRST, SIMULATED_MODEL, VLLM_MODEL, free_port
 
 
@@ -16,27 +19,27 @@ def first(*args: str, timeout: float = 120, env: dict | None = None) -> subproce
     return subprocess.run([FIRST, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        [],
-        ["site"],
-        ["site", "up"],
-        ["site", "status"],
-        ["gateway"],
-        ["gateway", "up"],
-        ["model"],
-        ["model", "build-tiny"],
-        ["keys"],
-        ["keys", "create"],
-        ["keys", "list"],
-        ["keys", "revoke"],
-    ],
-)
+def every_command(group: click.Group = main, path: tuple[str, ...] = ()) -> list[list[str]]:
+    """The path of every command and group below `group`, itself included."""
+    found = [list(path)]
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            found += every_command(command, (*path, name))
+        else:
+            found.append([*path, name])
+    return found
+
+
+@pytest.mark.parametrize("command", every_command(), ids=lambda c: " ".join(c) or "first")
 def test_every_command_has_help(command):
-    result = first(*command, "--help")
-    assert result.returncode == 0
-    assert "Usage: first" in result.stdout
+    result = CliRunner().invoke(main, [*command, "--help"], prog_name="first")
+    assert result.exit_code == 0, result.output
+    assert "Usage: first" in result.output
+
+
+def test_the_installed_command_runs():
+    result = first("--help")
+    assert result.returncode == 0 and "Usage: first" in result.stdout
 
 
 def test_bad_config_exits_non_zero_with_one_line(tmp_path):
