@@ -44,7 +44,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.gateway_bench import Target, log, wait_until_answering
-from bench.harness import running_stack, sites_stack, standalone_gateway
+from bench.harness import running_stack, simulated_model, sites_stack, standalone_gateway
 from bench.overload_bench import cpu_of_roles, latency
 from tests.support.processes import FirstProcess, start_standalone_gateway
 
@@ -66,22 +66,7 @@ TIMEOUT_S = 600
 def site(name: str) -> dict:
     return {
         "name": name,
-        "models": [
-            {
-                "id": MODEL,
-                "engine": "simulated",
-                "engine_kwargs": {
-                    "ttft_ms": TTFT_MS,
-                    "tpot_ms": TPOT_MS,
-                    "max_num_seqs": MAX_NUM_SEQS,
-                    "slowdown_per_seq": 0,
-                    "max_model_len": 2048,
-                },
-                "resources": {"cpus": 0.5},
-                "autoscaling": {"preset": "hot", "max_replicas": 1},
-                "stream_interval_ms": 0,
-            }
-        ],
+        "models": [simulated_model(MODEL, TTFT_MS, TPOT_MS, MAX_NUM_SEQS)],
     }
 
 

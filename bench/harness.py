@@ -232,3 +232,22 @@ def cpu_use() -> Iterator[dict]:
     used["idle"] = round(machine_after.idle - machine_before.idle, 2)
     used["wall_s"] = round(wall, 2)
     used["cores"] = psutil.cpu_count()
+
+
+def simulated_model(model_id: str, ttft_ms: float, tpot_ms: float, max_num_seqs: int) -> dict:
+    """A simulated model on a steady timetable (no slowdown with load), one replica:
+    its capacity follows from its timing, so a benchmark measures the gateway."""
+    return {
+        "id": model_id,
+        "engine": "simulated",
+        "engine_kwargs": {
+            "ttft_ms": ttft_ms,
+            "tpot_ms": tpot_ms,
+            "max_num_seqs": max_num_seqs,
+            "slowdown_per_seq": 0,
+            "max_model_len": 2048,
+        },
+        "resources": {"cpus": 0.5},
+        "autoscaling": {"preset": "hot", "max_replicas": 1},
+        "stream_interval_ms": 0,
+    }

@@ -44,6 +44,7 @@ from bench.harness import (
     cpu_use,
     percentile,
     running_stack,
+    simulated_model,
     sites_stack,
     standalone_gateway,
 )
@@ -74,22 +75,7 @@ IN_FLIGHT_METRIC = "first_site_requests_in_flight"
 def site() -> dict:
     return {
         "name": "sim",
-        "models": [
-            {
-                "id": MODEL,
-                "engine": "simulated",
-                "engine_kwargs": {
-                    "ttft_ms": TTFT_MS,
-                    "tpot_ms": TPOT_MS,
-                    "max_num_seqs": MAX_NUM_SEQS,
-                    "slowdown_per_seq": 0,
-                    "max_model_len": 2048,
-                },
-                "resources": {"cpus": 0.5},
-                "autoscaling": {"preset": "hot", "max_replicas": 1},
-                "stream_interval_ms": 0,
-            }
-        ],
+        "models": [simulated_model(MODEL, TTFT_MS, TPOT_MS, MAX_NUM_SEQS)],
     }
 
 

@@ -102,12 +102,10 @@ def _build_tokenizer(context: int):
     )
 
 
-def _build_model(tokenizer, seed: int, shape: TinyShape):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _llama_config(tokenizer, shape: TinyShape):
+    from transformers import LlamaConfig
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=VOCAB_SIZE,
         hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size,
@@ -121,7 +119,14 @@ def _build_model(tokenizer, seed: int, shape: TinyShape):
         tie_word_embeddings=False,
         dtype="float32",
     )
-    model = LlamaForCausalLM(config)
+
+
+def _build_model(tokenizer, seed: int, shape: TinyShape):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(_llama_config(tokenizer, shape))
     with torch.no_grad():
         model.lm_head.weight.normal_(0.0, LM_HEAD_STD)
         model.lm_head.weight[tokenizer.eos_token_id].zero_()
@@ -150,26 +155,14 @@ def build_tiny_embedding_model(out_dir: str | Path, seed: int = 0) -> Path:
     normalize (no pooler flags needed). Random weights: its vectors carry no meaning,
     so retrieval over it rests on the lexical half of hybrid search."""
     import torch
-    from transformers import LlamaConfig, LlamaModel
+    from transformers import LlamaModel
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = _build_tokenizer(MAX_POSITION_EMBEDDINGS)
     tokenizer.chat_template = None
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=HIDDEN_SIZE,
-        intermediate_size=INTERMEDIATE_SIZE,
-        num_hidden_layers=NUM_LAYERS,
-        num_attention_heads=NUM_HEADS,
-        num_key_value_heads=NUM_KV_HEADS,
-        max_position_embeddings=MAX_POSITION_EMBEDDINGS,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        dtype="float32",
-    )
+    config = _llama_config(tokenizer, TinyShape())
     LlamaModel(config).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     modules = [
