@@ -25,11 +25,13 @@ import time
 from collections.abc import Sequence
 
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from deployments.config_loading import describe_validation_errors
 from serve_app.errors import InvalidRequestError, PayloadTooLargeError
+from serve_app.inference import not_unicode
 from serve_app.protocol import (
     BulkChatChoice,
     BulkChatCompletionRequest,
@@ -55,6 +57,7 @@ async def bulk_chat_completion(
 ) -> BulkChatCompletionResponse:
     """Every conversation of `body` through the request path, `bulk.concurrency` at once."""
     _within_max_items(calls, len(body.messages), "messages", "conversations")
+    _encodable(body)
     items = [_conversation(body, index) for index in range(len(body.messages))]
     answers = await spread(calls, CHAT, items)
     return BulkChatCompletionResponse(
@@ -71,6 +74,7 @@ async def bulk_completion(
 ) -> BulkCompletionResponse:
     """Each of `prompts` (`body.prompts()`) a completion of its own, its choices renumbered."""
     _within_max_items(calls, len(prompts), "prompt", "prompts")
+    _encodable(body)
     items = [body.model_copy(update={"prompt": prompt}) for prompt in prompts]
     answers = await spread(calls, COMPLETIONS, items)
     per_prompt = body.n or 1
@@ -100,6 +104,7 @@ async def bulk_embedding(
 ) -> JSONResponse:
     """`inputs` (a list `input`) in slices, each placed on its own; the embeddings in order,
     or the first failed slice's error for the whole."""
+    _encodable(body)
     data, usage, first = await embed(calls, body, inputs)
     # An embedding's usage has no completion tokens.
     shaped = {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens}
@@ -162,6 +167,15 @@ def _within_max_items(calls: Calls, count: int, param: str, what: str) -> None:
             "a batch (POST /v1/files, then /v1/batches).",
             param=param,
         )
+
+
+def _encodable(body: OpenAIModel) -> None:
+    """A string no UTF-8 can carry is the whole request's 400, naming where it is, not one
+    item's failure."""
+    try:
+        body.model_dump_json()
+    except PydanticSerializationError:
+        raise not_unicode(body) from None
 
 
 def _request_id(request: Request) -> str:

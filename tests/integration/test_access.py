@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import (
+    EMBEDDING_MODEL,
     FIRST,
     INSIDERS,
     MEMBERS,
@@ -26,6 +27,7 @@ from tests.fakes.globus_auth import FakeIdentity
 from tests.support.waiting import eventually
 
 HELLO = [{"role": "user", "content": "Hello"}]
+TRIBUNAL = "tiny-tribunal"  # the embedded default's (cluster_configs/local-federation.yaml)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +174,8 @@ def test_whoami_describes_a_globus_caller(stack, tokens):
     assert me["user"] == "ivy@uni.example.edu"
     assert me["credential"] == "globus"
     assert sorted(me["groups"]) == sorted([MEMBERS, INSIDERS])
-    assert sorted(me["models"]) == sorted([RESTRICTED_MODEL, VLLM_MODEL])
+    # Every model and tribunal of the stack: the insider may use the restricted one.
+    assert sorted(me["models"]) == sorted([RESTRICTED_MODEL, VLLM_MODEL, EMBEDDING_MODEL, TRIBUNAL])
     assert me["limits"]["requests_per_s"] == 1000
     assert set(me["limits"]["model_tokens_per_min"]) == set(me["models"])
 

@@ -127,6 +127,10 @@ def test_a_streamed_tribunal_arrives_whole_through_the_official_client(federatio
 
 
 def test_the_early_steps_of_a_stream_send_keep_alive_comments(federation, tmp_path):
+    west = federation.sites["west"]  # sim-late's; test_federation.py leaves it stopped
+    if west.process is None or not west.process.running:
+        west.start()
+        west.wait_ready()
     keepalive = {"gateway": {"stream_keepalive_s": 0.5}}
     with gateway_like(federation, tmp_path, "tribunal-kept", keepalive) as (_, url):
         body = {"model": "panel-late", "messages": QUESTION, "max_tokens": 3, "stream": True}
