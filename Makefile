@@ -22,7 +22,7 @@ LITELLM_VENV := .first/litellm-venv
 LITELLM_VERSION := 1.108.7
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
 
-.PHONY: install dev-slurm prometheus chromium run run-slurm monitor test test-fast test-haproxy lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics bench-request-cost bench-overload bench-bulk clean
+.PHONY: install dev-slurm prometheus chromium run run-slurm monitor test test-fast test-haproxy lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics bench-request-cost bench-overload bench-bulk bench-tribunal bench-rag clean
 
 install: $(STAMP)
 
@@ -146,6 +146,12 @@ bench-overload: install
 
 bench-bulk: install
 	$(BIN)/python -m bench.bulk_bench --out bench/results/bulk.json
+
+bench-tribunal: install
+	$(BIN)/python -m bench.tribunal_bench --out bench/results/tribunal.json
+
+bench-rag: install
+	$(BIN)/python -m bench.rag_bench --out bench/results/rag.json
 
 clean:
 	rm -rf $(VENV) .first .pytest_cache

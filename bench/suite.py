@@ -53,6 +53,8 @@ SUITES = (
     Suite("request_cost", "bench.request_cost_bench", None),
     Suite("overload", "bench.overload_bench", ("--quick",)),
     Suite("bulk", "bench.bulk_bench", ("--quick",)),
+    Suite("tribunal", "bench.tribunal_bench", ("--quick",)),
+    Suite("rag", "bench.rag_bench", ("--quick",)),
 )
 
 
@@ -264,6 +266,49 @@ def _bulk(r: dict) -> tuple[str, bool]:
     return text, all(r["met"].values())
 
 
+def _tribunal(r: dict) -> tuple[str, bool]:
+    rows = []
+    for t in r["tribunals"]:
+        over, share = t["overhead"], t["overhead_fraction"]
+        direct = t["overhead_over_direct_fraction"]
+        rows.append(
+            f"{t['rounds']} round{'s' if t['rounds'] > 1 else ''}: wall p50 "
+            f"{t['wall']['p50_ms']:,.0f} ms, overhead p50 {over['p50_ms']:.1f} ms "
+            f"({share['p50']:.1%} of its model calls' critical path), p99 {over['p99_ms']:.1f} ms "
+            f"({share['p99']:.1%}); wall time {direct['p50']:+.1%} against the client making the "
+            f"same calls through the gateway"
+        )
+    failed = sum(t["failed"] + t["direct"]["failed"] for t in r["tribunals"])
+    text = "; ".join(rows) + (f"; {failed} requests failed" if failed else "")
+    if r.get("quick"):
+        text += " (quick)"
+    return text, all(r["met"].values())
+
+
+def _rag(r: dict) -> tuple[str, bool]:
+    docs = next(run for run in r["docs"] if run["collection"] == r["docs_median"])
+    corpus = r["corpus"]
+    halves = corpus["chunks_per_s_by_half"]
+    asked = next(run for run in r["queries"] if run["collection"] == corpus["collection"])
+    shares = ", ".join(f"{site} {share:.0%}" for site, share in corpus["embedding_share"].items())
+    text = (
+        f"ingestion: docs/ ({docs['chunks']} chunks) {docs['chunks_per_s']:,.0f} chunks/s, its "
+        f"embedding calls alone {docs['embeddings_alone']['chunks_per_s']:,.0f}; a "
+        f"{corpus['chunks']:,}-chunk corpus {corpus['chunks_per_s']:,.0f} chunks/s (first half "
+        f"{halves[0]:,.0f}, second {halves[-1]:,.0f}), embeddings alone "
+        f"{corpus['embeddings_alone']['chunks_per_s']:,.0f}; its embedding requests by site: "
+        f"{shares}; questions on the corpus, p50 / p99: retrieval {asked['search']['p50_ms']:.0f} "
+        f"/ {asked['search']['p99_ms']:.0f} ms (the question's embedding alone "
+        f"{asked['query_embedding']['p50_ms']:.0f} ms p50), generation {asked['generation']['p50_ms']:.0f} / "
+        f"{asked['generation']['p99_ms']:.0f} ms"
+    )
+    met = r["met"]["completed_without_errors"]
+    text += "; every request succeeded" if met else "; some requests failed"
+    if r.get("quick"):
+        text += " (quick)"
+    return text, met
+
+
 CHECKS: dict[str, tuple[str, Callable[[dict], tuple[str, bool]]]] = {
     "gateway": (
         "ingress added latency below LiteLLM; standalone ≤ 1.5x a bare forwarder",
@@ -292,6 +337,16 @@ CHECKS: dict[str, tuple[str, Callable[[dict], tuple[str, bool]]]] = {
         "one bulk request no slower than the same conversations as separate requests at their "
         "best concurrency; each of two sites 40-60% of the bulk's conversations",
         _bulk,
+    ),
+    "tribunal": (
+        "a tribunal's overhead (client wall time less its model calls' critical path) p50 "
+        "under 5% of that path, at 1 and 2 rounds",
+        _tribunal,
+    ),
+    "rag": (
+        "recorded (no target): ingestion chunks/s against its embedding calls alone, their "
+        "spread over two sites, retrieval and generation p50/p99; met means no request failed",
+        _rag,
     ),
 }
 
