@@ -41,10 +41,15 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.gateway_bench import Target, log, wait_until_answering
-from bench.harness import running_stack, simulated_model, sites_stack, standalone_gateway
+from bench.harness import (
+    requests_by_site,
+    running_stack,
+    simulated_model,
+    sites_stack,
+    standalone_gateway,
+)
 from bench.overload_bench import cpu_of_roles, latency
 from tests.support.processes import FirstProcess, start_standalone_gateway
 
@@ -82,20 +87,7 @@ def body(messages: list) -> dict:
 
 
 async def answered_by_site(session: aiohttp.ClientSession, base: str) -> Counter:
-    """Chat completions of MODEL the gateway has answered so far, per site (its /metrics)."""
-    async with session.get(f"{base}/metrics") as response:
-        text = await response.text()
-    counts: Counter = Counter()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = sample.labels
-            if (
-                sample.name == "first_requests_total"
-                and labels.get("model") == MODEL
-                and labels.get("route") == CHAT
-            ):
-                counts[labels["site"]] += sample.value
-    return counts
+    return await requests_by_site(session, base, MODEL, CHAT)
 
 
 async def send(session: aiohttp.ClientSession, url: str, messages: list) -> tuple[int, float, int]:

@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -251,3 +252,23 @@ def simulated_model(model_id: str, ttft_ms: float, tpot_ms: float, max_num_seqs:
         "autoscaling": {"preset": "hot", "max_replicas": 1},
         "stream_interval_ms": 0,
     }
+
+
+async def requests_by_site(session, base: str, model: str, route: str) -> Counter:
+    """Requests on `route` for `model` the gateway has sent so far, per site: its
+    `first_requests_total` at /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with session.get(f"{base}/metrics") as response:
+        text = await response.text()
+    counts: Counter = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "first_requests_total"
+                and labels.get("model") == model
+                and labels.get("route") == route
+            ):
+                counts[labels["site"]] += sample.value
+    return counts

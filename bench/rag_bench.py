@@ -48,10 +48,16 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.gateway_bench import Target, log, wait_until_answering
-from bench.harness import REPO, running_stack, simulated_model, sites_stack, standalone_gateway
+from bench.harness import (
+    REPO,
+    requests_by_site,
+    running_stack,
+    simulated_model,
+    sites_stack,
+    standalone_gateway,
+)
 from bench.overload_bench import latency
 from bench.tribunal_bench import post
 from serve_app.cli.rag import DOCUMENTS_PER_REQUEST, document_files, read_document
@@ -124,20 +130,7 @@ def questions(documents: list[dict], count: int) -> list[str]:
 
 
 async def embedding_slices(session: aiohttp.ClientSession, base: str) -> Counter:
-    """/v1/embeddings requests of EMBED the gateway has sent so far, per site (its /metrics)."""
-    async with session.get(f"{base}/metrics") as response:
-        text = await response.text()
-    counts: Counter = Counter()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = sample.labels
-            if (
-                sample.name == "first_requests_total"
-                and labels.get("model") == EMBED
-                and labels.get("route") == EMBEDDINGS
-            ):
-                counts[labels["site"]] += sample.value
-    return counts
+    return await requests_by_site(session, base, EMBED, EMBEDDINGS)
 
 
 def rate(chunks: int, ms: float) -> float:
