@@ -64,7 +64,9 @@ def gateway_up(
         data["gateway"]["port"] = port
         config = FederationConfig.model_validate(data)
     url = gateway_url(config)
-    models = sorted({m.id for s in config.sites for m in s.site_config.models})
+    served = {m.id: m for s in config.sites for m in s.site_config.models}
+    # The examples use the first: a chat model, not an embedding model.
+    models = sorted(served, key=lambda model: (served[model].embeds, model))
     models += [tribunal.name for tribunal in config.tribunals]
     settings = Settings.from_environment()
     api_key: str | None = None
