@@ -80,18 +80,18 @@ def grown_since(url: str, before: dict[str, float], route: str) -> dict[str, flo
 def test_a_list_prompt_is_spread_and_each_prompts_choices_keep_their_place(federation):
     """OpenAI's numbering: prompt i's n choices at i * n ... i * n + n - 1."""
     url, route = federation.gateway_url, "/v1/completions"
-    prompts = [f"Count to {i}:" for i in range(16)]
+    prompts = [f"Count to {i}:" for i in range(48)]  # enough to fill both sites
     prompts[5] = "word " * 2100  # over sim-even's context
     before = answered_by_site(url, route)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
     answer = client.completions.create(model="sim-even", prompt=prompts, max_tokens=3, n=2)
-    assert [choice.index for choice in answer.choices] == list(range(32))
+    assert [choice.index for choice in answer.choices] == list(range(96))
     failed = [c.index for c in answer.choices if c.model_extra.get("error")]
     assert failed == [10, 11], failed
     assert all(len(c.text.split()) == 3 for c in answer.choices if c.index not in failed)
-    assert answer.usage.completion_tokens == 3 * 2 * 15
+    assert answer.usage.completion_tokens == 3 * 2 * 47
     grown = grown_since(url, before, route)
-    assert all(count > 0 for count in grown.values()) and sum(grown.values()) == 16, grown
+    assert all(count > 0 for count in grown.values()) and sum(grown.values()) == 48, grown
     # A stream goes to one site whole, as before: its choices interleave.
     before = answered_by_site(url, route)
     list(client.completions.create(model="sim-even", prompt=prompts[:2], max_tokens=3, stream=True))
