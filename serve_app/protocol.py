@@ -116,6 +116,12 @@ class ChatMessage(OpenAIModel):
             raise ValueError(f"tool_call_id belongs to tool messages, not {self.role}")
         return self
 
+    def text(self) -> str:
+        """The message's text: its content, or its text parts joined (media left out)."""
+        if isinstance(self.content, list):
+            return " ".join(getattr(part, "text", "") or "" for part in self.content)
+        return self.content or ""
+
 
 TEXT_ONLY: tuple[type, ...] = (TextPart,)
 # vLLM also takes audio and video by URL from users, and whatever "function" sends.

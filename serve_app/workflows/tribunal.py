@@ -320,10 +320,4 @@ def _content(answer: Answer) -> str:
 
 def _as_text(messages: list[ChatMessage]) -> str:
     """The conversation as `role: text` lines, the text parts of each message only."""
-    lines = []
-    for message in messages:
-        content = message.content
-        if isinstance(content, list):
-            content = " ".join(getattr(part, "text", "") or "" for part in content)
-        lines.append(f"{message.role}: {content or ''}")
-    return "\n".join(lines)
+    return "\n".join(f"{message.role}: {message.text()}" for message in messages)

@@ -243,10 +243,5 @@ def _content_hash(text: str) -> str:
 
 
 def _last_user_text(messages: list[ChatMessage]) -> str:
-    for message in reversed(messages):
-        if message.role == "user":
-            content = message.content
-            if isinstance(content, list):
-                content = " ".join(getattr(part, "text", "") or "" for part in content)
-            return (content or "").strip()
-    return ""
+    user = next((m for m in reversed(messages) if m.role == "user"), None)
+    return user.text().strip() if user else ""
