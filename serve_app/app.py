@@ -59,6 +59,7 @@ def build_app(
         # config took 82 ms here, and every request in flight waited for it).
         gc.freeze()
         try:
+            await services.federation.first_reports()  # ready once it knows its sites
             yield
         finally:
             await services.stop()

@@ -65,6 +65,13 @@ class Federation:
         for poller in self.pollers.values():
             poller.start()
 
+    async def first_reports(self) -> None:
+        """Wait until every site's first status call has come back, answered or failed
+        (each within its status timeout). Until then the gateway knows no site's load or
+        replicas: it would place blind, and a burst in the first seconds would all go to
+        whichever site happened to answer first."""
+        await asyncio.gather(*(poller.polled.wait() for poller in self.pollers.values()))
+
     async def stop(self) -> None:
         """Stop polling and close every site's client."""
         await asyncio.gather(*(poller.stop() for poller in self.pollers.values()))

@@ -170,7 +170,8 @@ class Forwarder:
             self.metrics.retry(state.name, f"http_{response.status}")
             return None
         state.breaker.record_success()
-        state.record_latency(model, time.monotonic() - started)
+        now = time.monotonic()
+        state.record_latency(model, now - started, now)
         return response
 
     async def _relay(

@@ -35,8 +35,14 @@ from serve_app.routing.placement import Candidate
 
 logger = logging.getLogger(__name__)
 SiteHealth = Literal["unknown", "up", "stale", "down"]
-# Weight of the newest sample in the moving average of time to first byte.
+# The moving average of time to first byte: the newest sample's weight when requests
+# come back to back; the older samples' weight halves with every LATENCY_HALF_LIFE_S
+# without one, so what a burst a minute ago measured does not outweigh the next answer.
 LATENCY_SMOOTHING = 0.2
+LATENCY_HALF_LIFE_S = 5.0
+# A latency older than this is not known any more: the site takes turns again, so one
+# slow answer cannot keep it idle (one request at a time always finds equal loads).
+LATENCY_FORGOTTEN_AFTER_S = 30.0
 # Cold starts remembered per model, for the Retry-After of the next one.
 START_TIMES_KEPT = 20
 
@@ -63,6 +69,7 @@ class SiteState:
         # Most requests this ingress had open at the site since the status call went out.
         self._peak_in_flight: Counter[str] = Counter()
         self.latency_s: dict[str, float] = {}
+        self._latency_at: dict[str, float] = {}  # monotonic time of the latest sample
         self.slurm = config.site_config.slurm
         # Seconds from submission to ready of the Slurm jobs seen starting, per model.
         self.start_times: dict[str, deque[float]] = {}
@@ -150,11 +157,22 @@ class SiteState:
         self.in_flight[model] -= 1
         self.metrics.in_flight(self.name, -1)
 
-    def record_latency(self, model: str, seconds: float) -> None:
+    def record_latency(self, model: str, seconds: float, now: float) -> None:
         previous = self.latency_s.get(model)
-        self.latency_s[model] = (
-            seconds if previous is None else previous + LATENCY_SMOOTHING * (seconds - previous)
-        )
+        if previous is None:
+            self.latency_s[model] = seconds
+        else:
+            silence = now - self._latency_at[model]
+            kept = (1 - LATENCY_SMOOTHING) * 0.5 ** (silence / LATENCY_HALF_LIFE_S)
+            self.latency_s[model] = kept * previous + (1 - kept) * seconds
+        self._latency_at[model] = now
+
+    def recent_latency(self, model: str, now: float) -> float | None:
+        """The model's moving time to first byte here, None if unknown or forgotten."""
+        at = self._latency_at.get(model)
+        if at is None or now - at > LATENCY_FORGOTTEN_AFTER_S:
+            return None
+        return self.latency_s[model]
 
     def model_status(self, model: str) -> ModelStatus | None:
         if self.status is None:
@@ -223,7 +241,7 @@ class SiteState:
             reported_requests=(status.ongoing_requests + status.queued_requests) if status else 0,
             in_flight_at_report=self.in_flight_at_report[model],
             in_flight=self.in_flight[model],
-            latency_s=self.latency_s.get(model),
+            latency_s=self.recent_latency(model, now),
             fresh=health == "up",
         )
 
@@ -238,6 +256,7 @@ class StatusPoller:
         self._hurry_until = 0.0
         self._hurry_interval_s = 1.0
         self._woken = asyncio.Event()
+        self.polled = asyncio.Event()  # set once the first status call has come back
 
     def hurry(self, until: float, interval_s: float) -> None:
         """Poll every `interval_s` until `until` (monotonic): a cold start is being watched."""
@@ -272,7 +291,10 @@ class StatusPoller:
     async def _run(self) -> None:
         while True:
             started = time.monotonic()
-            await self.poll_once()
+            try:
+                await self.poll_once()
+            finally:
+                self.polled.set()
             interval_s = self.state.config.channel.poll_interval_s
             if time.monotonic() < self._hurry_until:
                 interval_s = min(interval_s, self._hurry_interval_s)

@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from serve_app.routing.forwarding import SITE_HEADER
+from tests.integration.conftest import gateway_like
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -97,6 +98,15 @@ def test_equal_sites_share_the_load_evenly(federation):
     counts = served_by(federation.gateway_url, "sim-even", requests=60, concurrency=6)
     assert set(counts) == {"east", "west"}
     assert 0.35 <= counts["east"] / 60 <= 0.65, counts
+
+
+def test_a_gateway_is_ready_only_once_it_has_heard_from_its_sites(federation, tmp_path):
+    """Else a burst in its first seconds goes to whichever site happened to report first."""
+    with gateway_like(federation, tmp_path, "fresh", {}) as (_, url):
+        sites = health(url)
+        assert sites["east"]["health"] == sites["west"]["health"] == "up", sites
+        counts = served_by(url, "sim-even", requests=24, concurrency=24)
+        assert set(counts) == {"east", "west"}, counts
 
 
 def test_most_traffic_goes_to_the_faster_site(federation):

@@ -152,3 +152,22 @@ def test_a_directly_streamed_model_is_called_at_its_own_route():
     report.models[0].route = "/models/m"
     state.record_status(report, now=0.0)
     assert state.endpoint("m") == state.config.url + "/models/m"
+
+
+def test_a_latency_measured_under_an_old_burst_gives_way_to_the_next_answer():
+    state = _site_state()
+    state.record_status(_report(0), now=0.0)
+    state.record_latency("m", 3.0, now=0.0)  # queued behind a burst
+    state.record_latency("m", 0.1, now=0.1)  # back to back: the average moves a fifth
+    assert 2.0 < state.candidate("m", now=0.1).latency_s < 3.0
+    state.record_latency("m", 0.1, now=25.0)  # idle since: the new answer counts
+    assert state.candidate("m", now=25.0).latency_s < 0.2
+
+
+def test_a_latency_not_measured_again_for_long_is_forgotten_so_the_site_takes_turns_again():
+    state = _site_state()
+    state.record_latency("m", 3.0, now=0.0)
+    state.record_status(_report(0), now=10.0)
+    assert state.candidate("m", now=10.0).latency_s == 3.0
+    state.record_status(_report(0), now=40.0)
+    assert state.candidate("m", now=40.0).latency_s is None
