@@ -13,6 +13,7 @@ from deployments.batch_jobs import (
     JobResult,
     StageResult,
 )
+from deployments.capabilities import CapabilitiesConfig
 from deployments.config_loading import ConfigError, StrictConfig, load_config
 from deployments.errors import FirstError
 from deployments.site_client import ControlChannel, SiteCallTimeout, SiteClient
@@ -25,6 +26,7 @@ __all__ = [
     "BatchResult",
     "BatchStopResult",
     "BatchSubmission",
+    "CapabilitiesConfig",
     "ConfigError",
     "ControlChannel",
     "FirstError",

@@ -77,10 +77,19 @@ def sse_error_event(
     return b"data: " + ErrorResponse(error=detail).model_dump_json().encode() + b"\n\n"
 
 
+# pydantic names the branch of a union a value failed in the error's location (`str`,
+# `list[...]`, `function-after[...]`): a type, not a field, left out of the path.
+_BRANCH_LABELS = {"str", "int", "float", "bool", "none", "list", "dict", "constrained-str"}
+
+
 def field_path(location: tuple | list) -> str | None:
     """pydantic's error location as a dotted field path, the OpenAI `param`."""
-    parts = [str(p) for p in location if p != "body"]
+    parts = [str(p) for p in location if p != "body" and not _is_branch_label(p)]
     return ".".join(parts) or None
+
+
+def _is_branch_label(part: object) -> bool:
+    return isinstance(part, str) and (part in _BRANCH_LABELS or "[" in part)
 
 
 def lone_surrogate_at(value: object, location: tuple = ()) -> tuple | None:
@@ -116,7 +125,10 @@ def describe_request_errors(errors: list[dict]) -> tuple[str, str | None, str]:
     """(message, param, code) of a 400 for pydantic errors of a request body."""
     if any(e.get("type") == "json_invalid" for e in errors):
         return "The request body is not valid JSON.", None, "invalid_json"
-    first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
+    # The deepest error is the most specific: a list that failed as its union's list
+    # branch says what is wrong inside it; the same value's "not a string" says nothing.
+    first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else None
+    first = first or {"msg": "invalid request", "loc": ()}
     param = field_path(tuple(first.get("loc", ())))
     message = first["msg"].removeprefix("Value error, ")
     where = f"{param}: " if param else ""

@@ -17,13 +17,27 @@ an earlier prompt left are reported as `usage.prompt_tokens_details.cached_token
 (timing is unchanged): what the gateway's per-user salting is tested against.
 Embeddings are the inputs' words hashed into `embedding_dim` buckets, so
 texts that share words are near, as with a real embedding model.
+
+Tool calls, so tool round trips run without a model: a chat request that offers
+tools (tool_choice not "none") and whose last message is not a tool result is
+answered with one call when tool_choice is "required" (the first tool) or names a
+function, or, under "auto", when `tool_calls` is "always", or "on-marker" (the
+default) and its last user message holds TOOL_CALL_MARKER: `[tool_call]` calls
+the first tool, `[tool_call:NAME]` the tool NAME (an unknown NAME is a 400). The
+arguments are a JSON object with a placeholder for each `required` property of the
+function's schema ("simulated", 1, 1.5, true, [], {}, an enum's first value, else
+null). Shapes are vLLM's: content None under auto and "" when forced, finish_reason
+"tool_calls" ("stop" for a named function, as OpenAI and vLLM do); streamed, the
+call's id and name come first, then its arguments token by token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import hashlib
+import json
 import math
 import re
 import time
@@ -44,8 +58,16 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
 )
 from ray.llm._internal.serve.core.engine.protocol import LLMEngine
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
-from vllm.entrypoints.generate.base.protocol import DeltaMessage
+from vllm.entrypoints.generate.base.protocol import (
+    DeltaFunctionCall,
+    DeltaMessage,
+    DeltaToolCall,
+    FunctionCall,
+    FunctionDefinition,
+    ToolCall,
+)
 from vllm.entrypoints.openai.chat_completion.protocol import (
+    ChatCompletionNamedToolChoiceParam,
     ChatCompletionResponseChoice,
     ChatCompletionResponseStreamChoice,
     ChatCompletionStreamResponse,
@@ -58,6 +80,7 @@ from vllm.entrypoints.openai.completion.protocol import (
 )
 from vllm.entrypoints.pooling.embed.protocol import EmbeddingResponseData
 from vllm.entrypoints.serve.engine.protocol import PromptTokenUsageInfo, UsageInfo
+from vllm.renderers.chat_utils import make_tool_call_id
 
 from deployments.serve_logging import quiet_terminal
 from deployments.site_config import SIMULATED_ENGINE_KEY, SimulatedEngineConfig
@@ -93,19 +116,43 @@ _CHAT_TOKENS_PER_MESSAGE = 4
 # vLLM's default KV block size, and how many blocks the simulated cache keeps.
 _BLOCK_TOKENS = 16
 _CACHED_BLOCKS = 10_000
+# What in a user message asks for a tool call: `[tool_call]`, or `[tool_call:NAME]`.
+TOOL_CALL_MARKER = "[tool_call"
+_MARKER = re.compile(re.escape(TOOL_CALL_MARKER) + r"(?::\s*([^\]]*?)\s*)?\]")
+# One streamed piece per token, leading whitespace kept: the pieces join to the text.
+_PIECE = re.compile(r"\s*(?:\w+|[^\w\s])")
+# A required argument's placeholder, by its JSON schema type.
+_PLACEHOLDERS: dict[str, Any] = {
+    "string": "simulated",
+    "integer": 1,
+    "number": 1.5,
+    "boolean": True,
+    "array": [],
+    "object": {},
+}
 
 
 def count_tokens(text: str) -> int:
     return len(_TOKEN.findall(text))
 
 
-def _message_text(message: Any) -> str:
+def _content_text(message: Any) -> str:
     content = message.get("content") if isinstance(message, dict) else None
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts: keep the text ones
         return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
     return ""
+
+
+def _message_text(message: Any) -> str:
+    """A message's text as the prompt holds it: its content, and the name and arguments
+    of each tool call an assistant message made (its content may then be None)."""
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    functions = [c.get("function") or {} for c in calls or [] if isinstance(c, dict)]
+    texts = [_content_text(message)]
+    texts += [f"{f.get('name') or ''} {f.get('arguments') or ''}" for f in functions]
+    return " ".join(t for t in texts if t)
 
 
 def _role(message: Any) -> str:
@@ -163,9 +210,67 @@ def _sse(chunk: Any) -> str:
     return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
 
+def _placeholder_text(count: int) -> list[str]:
+    """`count` placeholder words, each after a space but the first."""
+    return [("" if i == 0 else " ") + _WORDS[i % len(_WORDS)] for i in range(count)]
+
+
+def _tool_to_call(
+    request: ChatCompletionRequest, mode: str
+) -> tuple[FunctionDefinition, str] | ErrorResponse | None:
+    """The function a chat answer calls and how tool_choice chose it ("auto", "required"
+    or "named"); None for a text answer; the error for a marker naming no offered tool.
+    `mode` is SimulatedEngineConfig.tool_calls."""
+    choice, messages = request.tool_choice, request.messages or []
+    if not request.tools or choice == "none" or (messages and _role(messages[-1]) == "tool"):
+        return None
+    functions = {tool.function.name: tool.function for tool in request.tools}
+    first = request.tools[0].function
+    if isinstance(choice, ChatCompletionNamedToolChoiceParam):
+        return functions[choice.function.name], "named"  # vLLM's validation checked the name
+    if choice == "required":
+        return first, "required"
+    if mode == "never":
+        return None
+    user_text = next((_message_text(m) for m in reversed(messages) if _role(m) == "user"), "")
+    marker = _MARKER.search(user_text)
+    if marker is not None and marker.group(1):
+        name = marker.group(1)
+        if name not in functions:
+            offered = ", ".join(functions)
+            return _error(
+                f"{marker.group(0)} names no offered tool; offered: {offered}", "messages"
+            )
+        return functions[name], "auto"
+    return (first, "auto") if marker is not None or mode == "always" else None
+
+
+def _placeholder(schema: Any) -> Any:
+    """A value of a JSON schema's type: an enum's first value, else by `type`, else None."""
+    if not isinstance(schema, dict):
+        return None
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    kinds = schema.get("type")
+    kinds = kinds if isinstance(kinds, list) else [kinds]  # ["string", "null"] is a string
+    return next(
+        (_PLACEHOLDERS[k] for k in kinds if isinstance(k, str) and k in _PLACEHOLDERS), None
+    )
+
+
+def _arguments(function: FunctionDefinition) -> str:
+    """A call's arguments: a JSON object with a placeholder for each required parameter."""
+    schema = function.parameters if isinstance(function.parameters, dict) else {}
+    properties = schema.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    required = [name for name in schema.get("required") or [] if isinstance(name, str)]
+    return json.dumps({name: _placeholder(properties.get(name)) for name in required})
+
+
 @dataclass(frozen=True)
 class _Shape:
-    """How one endpoint's answers look, in vLLM's own models: whole, and chunk by chunk."""
+    """How one endpoint's answers look, in vLLM's own models: whole, and chunk by chunk.
+    A fixed answer (a tool call's) also says what it is: its pieces and finish reason."""
 
     id_prefix: str
     response: type
@@ -174,6 +279,8 @@ class _Shape:
     token_choice: Callable[[int, str], Any]  # (index, token)
     final_choice: Callable[[int, str], Any]  # (index, finish reason)
     first_choice: Callable[[int], Any] | None = None  # chat's role chunk
+    pieces: tuple[str, ...] = ()  # a fixed answer's tokens, else placeholder words
+    finish_reason: str = "stop"  # a fixed answer's
 
 
 _CHAT = _Shape(
@@ -205,6 +312,35 @@ _COMPLETION = _Shape(
         index=i, text="", finish_reason=reason
     ),
 )
+
+
+def _tool_call_shape(function: FunctionDefinition, chosen: str) -> _Shape:
+    """Chat answers that call `function` as vLLM answers them: whole, content None under
+    auto and "" when forced; streamed, the call's id and name (on the empty first piece:
+    one token), then its arguments token by token. Named calls finish "stop", as OpenAI's."""
+    name, arguments, call_id = function.name, _arguments(function), make_tool_call_id()
+    content = None if chosen == "auto" else ""
+
+    def whole(i: int, text: str, reason: str) -> ChatCompletionResponseChoice:
+        call = ToolCall(id=call_id, function=FunctionCall(name=name, arguments=text))
+        message = ChatMessage(role="assistant", content=content, tool_calls=[call])
+        return ChatCompletionResponseChoice(index=i, message=message, finish_reason=reason)
+
+    def piece(i: int, text: str) -> ChatCompletionResponseStreamChoice:
+        if text:
+            delta = DeltaToolCall(index=0, function=DeltaFunctionCall(arguments=text))
+        else:
+            header = DeltaFunctionCall(name=name, arguments="")
+            delta = DeltaToolCall(index=0, id=call_id, type="function", function=header)
+        return ChatCompletionResponseStreamChoice(index=i, delta=DeltaMessage(tool_calls=[delta]))
+
+    return dataclasses.replace(
+        _CHAT,
+        whole_choice=whole,
+        token_choice=piece,
+        pieces=("", *_PIECE.findall(arguments)),
+        finish_reason="stop" if chosen == "named" else "tool_calls",
+    )
 
 
 class SimulatedEngine(LLMEngine):
@@ -274,27 +410,26 @@ class SimulatedEngine(LLMEngine):
             return room, "length"
         return wanted, reason
 
-    async def _tokens(self, count: int) -> AsyncGenerator[str, None]:
-        """Yield `count` words on the configured timetable, holding one engine slot."""
+    async def _tokens(self, pieces: list[str]) -> AsyncGenerator[str, None]:
+        """Yield the pieces, one token each, on the configured timetable, holding a slot."""
         assert self._slots is not None, "engine not started"
         async with self._slots:
             self._running += 1
             try:
                 await asyncio.sleep(self._step_s(self._config.ttft_ms))
-                for index in range(count):
+                for index, piece in enumerate(pieces):
                     if index:
                         await asyncio.sleep(self._step_s(self._config.tpot_ms))
-                    word = _WORDS[index % len(_WORDS)]
-                    yield word if index == 0 else " " + word
+                    yield piece
             finally:
                 self._running -= 1
 
-    async def _texts(self, n: int, count: int) -> list[str]:
-        results = await asyncio.gather(*(self._collect(count) for _ in range(n)))
+    async def _texts(self, n: int, pieces: list[str]) -> list[str]:
+        results = await asyncio.gather(*(self._collect(pieces) for _ in range(n)))
         return list(results)
 
-    async def _collect(self, count: int) -> str:
-        return "".join([token async for token in self._tokens(count)])
+    async def _collect(self, pieces: list[str]) -> str:
+        return "".join([token async for token in self._tokens(pieces)])
 
     async def chat(self, request: ChatCompletionRequest, raw_request_info=None):
         prompt_tokens = sum(
@@ -306,7 +441,12 @@ class SimulatedEngine(LLMEngine):
             else request.max_tokens
         )
         words = [w for m in request.messages for w in (_role(m), *_TOKEN.findall(_message_text(m)))]
-        async for item in self._answer(_CHAT, request, prompt_tokens, requested, words):
+        call = _tool_to_call(request, self._config.tool_calls)
+        if isinstance(call, ErrorResponse):
+            yield call
+            return
+        shape = _CHAT if call is None else _tool_call_shape(*call)
+        async for item in self._answer(shape, request, prompt_tokens, requested, words):
             yield item
 
     async def completions(self, request: CompletionRequest, raw_request_info=None):
@@ -325,22 +465,26 @@ class SimulatedEngine(LLMEngine):
         requested: int | None,
         words: list[str],
     ) -> AsyncGenerator[Any, None]:
-        """One request's answer in `shape`: whole, or streamed as vLLM streams it."""
+        """One request's answer in `shape`: whole, or streamed as vLLM streams it. A fixed
+        answer (a tool call) is checked against the context length, not cut at max_tokens."""
         plan = self._plan(prompt_tokens, requested)
         if isinstance(plan, ErrorResponse):
             yield plan
             return
         count, reason = plan
+        pieces = _placeholder_text(count)
+        if shape.pieces:
+            pieces, reason = list(shape.pieces), shape.finish_reason
         n = request.n or 1
         cached = self._cached_tokens(words, getattr(request, "cache_salt", None))
         usage = UsageInfo(
             prompt_tokens=prompt_tokens,
-            completion_tokens=count * n,
-            total_tokens=prompt_tokens + count * n,
+            completion_tokens=len(pieces) * n,
+            total_tokens=prompt_tokens + len(pieces) * n,
             prompt_tokens_details=PromptTokenUsageInfo(cached_tokens=cached),
         )
         if not request.stream:
-            texts = await self._texts(n, count)
+            texts = await self._texts(n, pieces)
             choices = [shape.whole_choice(i, text, reason) for i, text in enumerate(texts)]
             yield shape.response(model=self._model_id, choices=choices, usage=usage)
             return
@@ -359,7 +503,7 @@ class SimulatedEngine(LLMEngine):
             )
 
         announced: set[int] = set()
-        async for i, token in self._interleave(n, count):
+        async for i, token in self._interleave(n, pieces):
             if shape.first_choice is not None and i not in announced:
                 # As vLLM: the role chunk goes out with the first token, after the wait
                 # for a slot and the prefill, so clients time the first token right.
@@ -371,13 +515,13 @@ class SimulatedEngine(LLMEngine):
         if request.stream_options and request.stream_options.include_usage:
             yield chunk([], usage)
 
-    async def _interleave(self, n: int, count: int) -> AsyncGenerator[tuple[int, str], None]:
+    async def _interleave(self, n: int, pieces: list[str]) -> AsyncGenerator[tuple[int, str], None]:
         """Merge the token streams of `n` choices in the order tokens are produced."""
         queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
 
         async def produce(index: int) -> None:
             try:
-                async for token in self._tokens(count):
+                async for token in self._tokens(pieces):
                     await queue.put((index, token))
             finally:
                 await queue.put(None)

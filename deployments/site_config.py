@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from deployments.autoscaling_presets import MIN_ALLOCATIONS, resolve_autoscaling
+from deployments.capabilities import CapabilitiesConfig, apis_mistake, resolved_capabilities
 from deployments.config_loading import (
     AbsolutePath,
     StrictConfig,
@@ -27,7 +28,7 @@ SIMULATED_ENGINE_KEY = "simulated_engine"
 
 
 class SimulatedEngineConfig(StrictConfig):
-    """Timing of the simulated engine, which stands in for vLLM in benchmarks and routing tests."""
+    """Timing and tool calls of the simulated engine, which stands in for vLLM in tests."""
 
     ttft_ms: float = Field(50.0, ge=0, description="Time to first token when idle.")
     tpot_ms: float = Field(10.0, ge=0, description="Time per output token when idle.")
@@ -51,6 +52,13 @@ class SimulatedEngineConfig(StrictConfig):
         ge=2,
         description="Length of the vectors it answers /v1/embeddings with: its words hashed "
         "into that many buckets, so texts that share words are near (time: one first token).",
+    )
+    tool_calls: Literal["on-marker", "always", "never"] = Field(
+        "on-marker",
+        description="When a chat request that offers tools under tool_choice auto is answered "
+        "with a tool call: on-marker (its last user message holds `[tool_call]` or "
+        "`[tool_call:NAME]`), always, or never. tool_choice required or a named function "
+        "always gets a call, as vLLM forces one; after a tool result it answers text.",
     )
 
 
@@ -250,6 +258,10 @@ class ModelConfig(StrictConfig):
         "over the site's `slurm` section.",
     )
     allocations: AllocationsConfig = Field(default_factory=AllocationsConfig)
+    capabilities: CapabilitiesConfig = Field(
+        default_factory=CapabilitiesConfig,
+        description="What the model can do, as /v1/models lists it; unset fields are derived.",
+    )
     request_router: Literal["power-of-two", "prefix-aware"] = Field(
         "power-of-two",
         description="How Serve picks one of the model's replicas: its default (the less busy "
@@ -283,8 +295,18 @@ class ModelConfig(StrictConfig):
                 ) from None
         return self
 
+    @model_validator(mode="after")
+    def _apis_fit_the_engine(self) -> ModelConfig:
+        if mistake := apis_mistake(self):
+            raise ValueError(mistake)
+        return self
+
     def simulated_engine(self) -> SimulatedEngineConfig:
         return SimulatedEngineConfig.model_validate(self.engine_kwargs)
+
+    def resolved_capabilities(self) -> CapabilitiesConfig:
+        """The declared capabilities, every unset one derived (deployments/capabilities.py)."""
+        return resolved_capabilities(self)
 
     @property
     def embeds(self) -> bool:

@@ -17,19 +17,23 @@ from fastapi import FastAPI
 from serve_app.access.ratelimit import RateLimiter
 from serve_app.config import FederationConfig
 from serve_app.errors import register_error_handlers
-from serve_app.middleware import RequestContextMiddleware
+from serve_app.middleware import AnthropicErrorMiddleware, RequestContextMiddleware
 from serve_app.routes import batches, health, metrics, rag, usage, web, whoami
 from serve_app.routes.dependencies import credential_before_body
 from serve_app.routes.inference import build_inference_router
+from serve_app.routes.messages import ANTHROPIC_PATHS, build_messages_router
 from serve_app.routes.models import build_models_router
+from serve_app.routes.responses import build_responses_router
 from serve_app.services import build_services
 from serve_app.settings import Settings
 
 DESCRIPTION = """One OpenAI-compatible endpoint over many HPC sites.
 
 Requests go to the least-loaded site that serves the model; `/sites/{site}/v1/...`
-pins a request to one site. Errors are OpenAI-shaped:
-`{"error": {"message", "type", "param", "code"}}`.
+pins a request to one site. OpenAI's Responses API (`/v1/responses`) and Anthropic's
+Messages API (`/v1/messages`) are served on the sites' chat completions. Errors are
+OpenAI-shaped, `{"error": {"message", "type", "param", "code"}}`, except on the
+Messages routes: Anthropic's `{"type": "error", "error": {"type", "message"}}`.
 """
 
 
@@ -76,6 +80,8 @@ def build_app(
     for pinned in (False, True):
         app.include_router(build_models_router(pinned))
         app.include_router(build_inference_router(pinned))
+        app.include_router(build_responses_router(pinned))
+        app.include_router(build_messages_router(pinned))
     register_error_handlers(app, invalid_request=credential_before_body)
     app.add_middleware(
         RequestContextMiddleware,
@@ -84,4 +90,6 @@ def build_app(
         # Multipart adds a little around the file itself.
         upload_limits={"/v1/files": config.batch.max_file_bytes + 1024 * 1024},
     )
+    # Outermost: whichever layer refused a Messages request, the client reads Anthropic's.
+    app.add_middleware(AnthropicErrorMiddleware, paths=ANTHROPIC_PATHS)
     return app

@@ -58,6 +58,12 @@ class InvalidRequestError(GatewayError):
     code = "invalid_value"
 
 
+class UnsupportedApiError(InvalidRequestError):
+    """The model does not answer the route's API (its `capabilities.apis`)."""
+
+    code = "unsupported_api"
+
+
 class AuthenticationError(GatewayError):
     """No credential, or one that is not valid: the client must sign in again."""
 
@@ -159,9 +165,34 @@ class UpstreamTimeoutError(GatewayError):
     code = "upstream_timeout"
 
 
+# Anthropic's error `type` per status (its Messages API; 529 is its own "overloaded").
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_error_body(status: int, message: str, request_id: str | None = None) -> dict:
+    """Anthropic's error envelope, `{"type": "error", "error": {"type", "message"}}`: what
+    the Messages routes answer instead of OpenAI's (the `anthropic` SDK reads this one)."""
+    kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    body: dict = {"type": "error", "error": {"type": kind, "message": message}}
+    if request_id:
+        body["request_id"] = request_id
+    return body
+
+
 # Statuses every API route may answer, for the OpenAPI schema.
 DOCUMENTED_ERRORS = {
-    400: "Malformed request: not JSON, a missing or invalid field.",
+    400: "Malformed request: not JSON, a missing or invalid field, or a model that does not "
+    "support the route's API (unsupported_api).",
     401: "Missing, malformed, expired or unknown credential (API key or Globus token).",
     403: "The credential is valid but the policy does not allow this caller or model.",
     404: "Unknown model, site, file, batch, collection or route.",

@@ -71,23 +71,34 @@ class InferenceService:
         await self.forwarder.close()
         await asyncio.gather(*self._background, return_exceptions=True)
 
-    async def forward(
+    async def forward(  # noqa: PLR0913 (the request, its caller and route, spelled out)
         self,
         request: Request,
         path: str,
         body: OpenAIModel,
         caller: Principal,
         site: str | None = None,
+        route: str | None = None,
     ) -> Response:
-        """Check the caller may, pick sites, forward; every outcome is metered once."""
+        """Check the caller may, pick sites, forward; every outcome is metered once.
+
+        `path` is the site's route; `route` the caller's, where another API is translated
+        onto it (a response on chat completions): metrics and the ledger name that one,
+        and the model must support its API (400 `unsupported_api` before any site is
+        called, naming the APIs it does). An alias in `body.model` stands for its model
+        throughout (access, limits, placement, the site's request, the ledger); only the
+        answer names the alias.
+        """
+        body, alias = self._resolved(body)
         model = body.model
         request_id = request.scope.get("state", {}).get("request_id", "")
         salt = self.salter.salt(caller)
         payload, meter = self._prepare(body, salt)
-        meter.on_done = self._accountant(caller, path, request_id, body)
+        meter.on_done = self._accountant(caller, route or path, request_id, body)
         work: asyncio.Future[Response | None] | None = None
         try:
             self.federation.policy.require_model(caller, model)
+            self.federation.require_api(model, route or path, site)
             prefix_aware = self.config.placement.policy == "prefix-aware"
             limits = self.config.limits
             # The prompt as text, once: the token reservation and prefix placement both read it.
@@ -104,7 +115,9 @@ class InferenceService:
                 prefix = self._prefix(prompt, salt) if prefix_aware else None
                 order = await self.federation.place_or_cold_start(caller, model, site, prefix)
                 self.metrics.placed(model, order)
-                response = await self.forwarder.forward(path, payload, request_id, order, meter)
+                response = await self.forwarder.forward(
+                    path, payload, request_id, order, meter, answer_as=alias
+                )
                 if prefix and meter.site is not None:
                     self.federation.placer.remember(prefix, meter.site)
                 return response
@@ -181,6 +194,13 @@ class InferenceService:
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
             meter.finish(499)  # unless the answer, or a refusal, finished it already
+
+    def _resolved(self, body: OpenAIModel) -> tuple[OpenAIModel, str | None]:
+        """`body` on the model its `model` stands for, and the alias it named, if any."""
+        model = self.federation.resolve(body.model)
+        if model == body.model:
+            return body, None
+        return body.model_copy(update={"model": model}), body.model
 
     def _prefix(self, prompt: str, salt: str | None) -> list[bytes]:
         """The prompt's block hashes under the caller's salt, for prefix-aware placement."""

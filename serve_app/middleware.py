@@ -7,7 +7,10 @@ and hides client disconnects from streaming responses, so this is plain ASGI:
   `scope["state"]["request_id"]`, sent to the site and returned to the client
   (under Serve, the proxy chooses it and returns it itself);
 - a body limit: a declared `Content-Length` over the limit is refused with
-  413 before the body is read, and a chunked body is cut off at the limit.
+  413 before the body is read, and a chunked body is cut off at the limit;
+- on Anthropic's routes (`AnthropicErrorMiddleware`), every error in
+  Anthropic's envelope: the gateway's one error path writes OpenAI's, and
+  this rewrites it on the way out, whichever layer refused.
 
 The last resort for unhandled exceptions is the shared catch-all
 (`deployments.openai_errors.CatchAllMiddleware`), inside this one.
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
 import uuid
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -27,7 +32,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve_app.errors import PayloadTooLargeError
+from serve_app.errors import PayloadTooLargeError, anthropic_error_body
 
 T = TypeVar("T")
 REQUEST_ID_HEADER = b"x-request-id"
@@ -91,6 +96,57 @@ class RequestContextMiddleware:
             return message
 
         return receive_limited
+
+
+class AnthropicErrorMiddleware:
+    """OpenAI error envelopes from the routes matching `paths` as Anthropic's.
+
+    Only JSON error responses are buffered and rewritten; answers and streams
+    pass untouched (a stream's own failure is written in Anthropic's shape by
+    its translator).
+    """
+
+    def __init__(self, app: ASGIApp, paths: str):
+        self.app = app
+        self.paths = re.compile(paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.paths.match(scope.get("path", "")):
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        body = b""
+
+        async def send_rewritten(message: Message) -> None:
+            nonlocal start, body
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                start = message
+                return
+            if start is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            body += message.get("body", b"")
+            if message.get("more_body"):
+                return
+            body = _as_anthropic(body, start["status"], scope)
+            headers = [
+                (k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"
+            ]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, send_rewritten)
+
+
+def _as_anthropic(body: bytes, status: int, scope: Scope) -> bytes:
+    try:
+        error = json.loads(body).get("error")
+        message = error["message"]
+    except (ValueError, AttributeError, KeyError, TypeError):
+        message = body.decode("utf-8", "replace") or f"HTTP {status}"
+    request_id = (scope.get("state") or {}).get("request_id")
+    return json.dumps(anthropic_error_body(status, str(message), request_id)).encode()
 
 
 def _too_large(limit: int) -> str:

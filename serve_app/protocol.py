@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deployments.capabilities import CapabilitiesConfig
 from deployments.openai_errors import ErrorDetail
 
 
@@ -366,6 +367,18 @@ class ModelCard(BaseModel):
     )
     tribunal: TribunalMembers | None = Field(
         None, description="Set for a tribunal: a workflow over other models, called by name."
+    )
+    capabilities: CapabilitiesConfig = Field(
+        description="What the model can do, every field resolved: as its site config declares, "
+        "else derived from its engine. When several sites serve the model, the first site's "
+        "in the federation file's order (under /sites/{site}, that site's); a tribunal "
+        "answers chat only."
+    )
+    alias_of: str | None = Field(
+        None,
+        description="Set for an alias (the federation's `aliases`): the model or tribunal it "
+        "names, whose sites and capabilities it shows. A request naming the alias runs there "
+        "and its answer names the alias.",
     )
 
 

@@ -36,6 +36,7 @@ from serve_app.routing.control_channel import build_site_clients
 from serve_app.routing.federation import Federation
 from serve_app.settings import Settings
 from serve_app.store import SqliteStore, build_store
+from serve_app.translation.service import ResponsesService
 from serve_app.usage.ledger import UsageLedger
 from serve_app.workflows.rag.service import RagService
 
@@ -50,6 +51,7 @@ class Services:
     inference: InferenceService
     batches: BatchService
     rag: RagService
+    responses: ResponsesService
     supervisor: BatchSupervisor
     ledger: UsageLedger | None
     keeper: Keeper | None
@@ -105,6 +107,7 @@ def build_services(
         inference=inference,
         batches=batches,
         rag=RagService(config.rag),
+        responses=ResponsesService(store, federation),
         supervisor=BatchSupervisor(batches, ledger),
         ledger=ledger,
         keeper=build_keeper(config, settings) if with_keeper and config.slurm_sites else None,

@@ -66,6 +66,7 @@ BURST_USER, BURST_RATE = "burst-tester", 10.0
 CAPPED_USER, CAPPED_TOKENS_PER_MIN = "capped-tester", 40
 BUDGET_USER, BUDGET_TOKENS_PER_MIN = "budget-tester", 3000
 CROWD_USER, CROWD_IN_FLIGHT = "crowd-tester", 4
+AGENT_USER = "agent-tester"  # 40 tokens/min, as CAPPED_USER, for the Responses/Messages APIs
 
 
 def access_config(store_path: Path) -> dict:
@@ -87,6 +88,7 @@ def access_config(store_path: Path) -> dict:
                 CAPPED_USER: {"tokens_per_min": CAPPED_TOKENS_PER_MIN},
                 BUDGET_USER: {"tokens_per_min": BUDGET_TOKENS_PER_MIN},
                 CROWD_USER: {"max_in_flight": CROWD_IN_FLIGHT},
+                AGENT_USER: {"tokens_per_min": CAPPED_TOKENS_PER_MIN},
             },
         },
         "cache_isolation": {"shared_groups": [SHARERS]},

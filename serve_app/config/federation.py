@@ -220,6 +220,12 @@ class FederationConfig(StrictConfig):
         default_factory=list,
         description="Generate-critique-revise workflows, each called by its name as a model.",
     )
+    aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="Other names of models: alias -> the id of a model some site serves, or a "
+        "tribunal's name (old or friendly names). A request naming an alias runs on its model "
+        "and its answer names the alias; /v1/models lists it with `alias_of`.",
+    )
     rag: RagConfig = Field(default_factory=RagConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     sites: list[FederatedSiteConfig] = Field(
@@ -282,7 +288,22 @@ class FederationConfig(StrictConfig):
                         f"{where}: no site serves the model {model!r}; served: "
                         f"{', '.join(sorted(served))}"
                     )
+        self._aliases_name_models(served)
         return self
+
+    def _aliases_name_models(self, served: set[str]) -> None:
+        """An alias stands for a served model or a tribunal, and hides neither."""
+        tribunals = {tribunal.name for tribunal in self.tribunals}
+        for alias, target in self.aliases.items():
+            where = f"aliases.{alias}"
+            if alias in served or alias in tribunals:
+                kind = "a model a site serves" if alias in served else "a tribunal's name"
+                raise ValueError(f"{where}: {alias!r} is {kind}; an alias needs a name of its own")
+            if target not in served and target not in tribunals:
+                raise ValueError(
+                    f"{where}: {target!r} is neither a model a site serves nor a tribunal; "
+                    f"served: {', '.join(sorted(served))}"
+                )
 
     def site(self, name: str) -> FederatedSiteConfig:
         for site in self.sites:

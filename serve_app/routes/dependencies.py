@@ -22,6 +22,7 @@ from serve_app.errors import GatewayError, gateway_error_handler
 from serve_app.inference import InferenceService
 from serve_app.routing.federation import Federation
 from serve_app.services import Services
+from serve_app.translation.service import ResponsesService
 from serve_app.workflows.rag.service import RagService
 
 
@@ -49,9 +50,18 @@ async def rag_of(services: ServicesDep) -> RagService:
     return services.rag
 
 
+async def responses_of(services: ServicesDep) -> ResponsesService:
+    return services.responses
+
+
 async def caller_of(services: ServicesDep, request: Request) -> Principal:
-    """Who is calling: 401/403/503 before any route runs if the credential does not do."""
-    return await services.authenticator.authenticate(request.headers.get("authorization"))
+    """Who is calling: 401/403/503 before any route runs if the credential does not do.
+    Anthropic's clients send their key as `x-api-key`, taken as a bearer token."""
+    headers = request.headers
+    authorization = headers.get("authorization")
+    if authorization is None and (key := headers.get("x-api-key")):
+        authorization = f"Bearer {key}"
+    return await services.authenticator.authenticate(authorization)
 
 
 async def credential_before_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -90,4 +100,5 @@ FederationDep = Annotated[Federation, Depends(federation_of)]
 InferenceDep = Annotated[InferenceService, Depends(inference_of)]
 BatchesDep = Annotated[BatchService, Depends(batches_of)]
 RagDep = Annotated[RagService, Depends(rag_of)]
+ResponsesDep = Annotated[ResponsesService, Depends(responses_of)]
 CallerDep = Annotated[Principal, Depends(caller_of)]

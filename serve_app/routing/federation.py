@@ -3,9 +3,10 @@
 Per site: its state (serve_app/routing/site_state.py) kept current by a
 status poller, through the site's typed client; the cold starter for models
 that run nowhere yet; the placer. From that it answers the read side
-(`/v1/models` with the tribunals, `/health`, Prometheus's targets) and the one question of the
-request path: which sites, best first (`placement_order`), starting the
-model in a Slurm job when none runs it (`place_or_cold_start`). One instance
+(`/v1/models` with the tribunals and aliases, `/health`, Prometheus's targets) and the
+questions of the request path: which model a name stands for (`resolve`), whether it
+answers the route's API (`require_api`), which sites, best first (`placement_order`),
+starting the model in a Slurm job when none runs it (`place_or_cold_start`). One instance
 lives in each ingress replica, so every replica keeps its own view of the
 sites and its own in-flight counts.
 """
@@ -15,10 +16,16 @@ from __future__ import annotations
 import asyncio
 import time
 
+from deployments.capabilities import Api, CapabilitiesConfig
 from deployments.site_client import SiteClient
 from serve_app.access.policy import Policy, Principal
 from serve_app.config import FederationConfig, TribunalConfig
-from serve_app.errors import ModelNotFoundError, NoSiteAvailableError, SiteNotFoundError
+from serve_app.errors import (
+    ModelNotFoundError,
+    NoSiteAvailableError,
+    SiteNotFoundError,
+    UnsupportedApiError,
+)
 from serve_app.metrics import GatewayMetrics
 from serve_app.protocol import (
     HealthReport,
@@ -33,6 +40,21 @@ from serve_app.routing.cold_start import ColdStarter
 from serve_app.routing.placement import Placer
 from serve_app.routing.prefix_affinity import PrefixMemory
 from serve_app.routing.site_state import SiteState, StatusPoller
+
+# The API of each caller's route that reaches a model: what `require_api` checks.
+API_OF_ROUTE: dict[str, Api] = {
+    "/v1/chat/completions": "chat",
+    "/v1/chat/completions/batch": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
+    "/v1/messages": "messages",
+    "/v1/messages/count_tokens": "messages",
+}
+# A tribunal answers chat completions, text in and out, without tools.
+TRIBUNAL_CAPABILITIES = CapabilitiesConfig(
+    input_modalities=["text"], tool_calling=False, reasoning=False, apis=["chat"]
+)
 
 
 class Federation:
@@ -60,6 +82,11 @@ class Federation:
             load_bound=placement.prefix.load_bound,
         )
         self.started_at = int(time.time())
+        # Resolved once: deriving a context window may read the weights' config.json.
+        self._capabilities = {
+            site.name: {m.id: m.resolved_capabilities() for m in site.site_config.models}
+            for site in config.sites
+        }
 
     def start(self) -> None:
         for poller in self.pollers.values():
@@ -91,8 +118,36 @@ class Federation:
         """Whether a site (`site`, if given) lists `model`, whatever its state."""
         return any(model in state.models for state in self._sites_for(site))
 
+    def resolve(self, model: str) -> str:
+        """The model or tribunal a request's `model` names: an alias's, else the name itself."""
+        return self.config.aliases.get(model, model)
+
+    def capabilities_of(self, model: str, site: str | None = None) -> CapabilitiesConfig | None:
+        """What `model` can do at the first site (of `site`, if given) that serves it, in
+        the federation's order; a tribunal's (unpinned); None if no site serves it."""
+        for state in self._sites_for(site):
+            if (capabilities := self._capabilities[state.name].get(model)) is not None:
+                return capabilities
+        if site is None and any(t.name == model for t in self.config.tribunals):
+            return TRIBUNAL_CAPABILITIES
+        return None
+
+    def require_api(self, model: str, route: str, site: str | None = None) -> None:
+        """400 naming the APIs `model` supports unless one is `route`'s; a route of no API
+        or a model no site serves passes (placement answers the latter's 404)."""
+        api = API_OF_ROUTE.get(route)
+        capabilities = self.capabilities_of(model, site)
+        if api is None or capabilities is None or api in (capabilities.apis or []):
+            return
+        raise UnsupportedApiError(
+            f"The model {model!r} does not support the {api} API; it supports: "
+            f"{', '.join(capabilities.apis or [])}.",
+            param="model",
+        )
+
     def models(self, caller: Principal, site: str | None = None) -> ModelList:
-        """The models `caller` may use; models restricted to other groups are not shown."""
+        """The models `caller` may use; models restricted to other groups are not shown,
+        nor aliases of them."""
         now = time.monotonic()
         placements: dict[str, list[ModelPlacement]] = {}
         for state in self._sites_for(site):
@@ -111,7 +166,12 @@ class Federation:
                     )
                 )
         cards = [
-            ModelCard(id=model, created=self.started_at, sites=sites)
+            ModelCard(
+                id=model,
+                created=self.started_at,
+                sites=sites,
+                capabilities=self._capabilities[sites[0].site][model],
+            )
             for model, sites in sorted(placements.items())
         ]
         if site is None:  # a tribunal spans sites: never listed under one
@@ -120,6 +180,13 @@ class Federation:
                 for tribunal in self.config.tribunals
                 if all(self.policy.may_use(caller, m) for m in tribunal.members)
             ]
+        # An alias shows its model's card (listed only where that one is).
+        listed = {card.id: card for card in cards}
+        cards += [
+            listed[target].model_copy(update={"id": alias, "alias_of": target})
+            for alias, target in self.config.aliases.items()
+            if target in listed
+        ]
         return ModelList(data=cards)
 
     def _tribunal_card(self, tribunal: TribunalConfig) -> ModelCard:
@@ -129,7 +196,13 @@ class Federation:
             reviser=tribunal.reviser,
             rounds=tribunal.rounds,
         )
-        return ModelCard(id=tribunal.name, created=self.started_at, sites=[], tribunal=members)
+        return ModelCard(
+            id=tribunal.name,
+            created=self.started_at,
+            sites=[],
+            tribunal=members,
+            capabilities=TRIBUNAL_CAPABILITIES,
+        )
 
     def model(self, caller: Principal, model_id: str, site: str | None = None) -> ModelCard:
         for card in self.models(caller, site).data:

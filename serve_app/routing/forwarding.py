@@ -17,16 +17,19 @@ arrive, a silence longer than `read_s` between two chunks ends them, and a
 stream that the site cuts ends with one OpenAI error event, never a hang.
 Non-streaming answers are small and read whole, so a non-OpenAI error body
 can be replaced by a proper envelope, and a site's own 500 becomes a 502
-that names the site (the gateway itself did not fail).
+that names the site (the gateway itself did not fail). A request that named
+an alias gets answers that name it: the JSON's `model`, and every streamed
+event's (only then are the events parsed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import aiohttp
 from starlette.responses import Response, StreamingResponse
@@ -34,6 +37,7 @@ from starlette.responses import Response, StreamingResponse
 from serve_app.errors import NoSiteAvailableError, UpstreamError, UpstreamTimeoutError
 from serve_app.metrics import GatewayMetrics
 from serve_app.routing.site_state import SiteState
+from serve_app.sse import data_event, event_data, sse_events
 from serve_app.usage.metering import Meter
 
 logger = logging.getLogger(__name__)
@@ -84,13 +88,20 @@ class Forwarder:
     async def close(self) -> None:
         await asyncio.gather(*(client.close() for client in self.clients.values()))
 
-    async def forward(
-        self, path: str, body: bytes, request_id: str, order: list[str], meter: Meter
+    async def forward(  # noqa: PLR0913 (the request and where it goes, spelled out)
+        self,
+        path: str,
+        body: bytes,
+        request_id: str,
+        order: list[str],
+        meter: Meter,
+        answer_as: str | None = None,
     ) -> Response:
         """Send to the first site in `order` that starts answering; return its answer.
 
         `meter` hears which site answered, with what status and usage, once
-        the answer has been passed on (for a stream: when it ends).
+        the answer has been passed on (for a stream: when it ends). With
+        `answer_as` (the alias the caller named) the answer names it as its model.
         """
         model = meter.model
         attempt = _Attempt(model)
@@ -106,7 +117,7 @@ class Forwarder:
                 meter.site = name
                 if name != order[0]:
                     self.metrics.failover(model, name)
-                return await self._relay(state, response, meter)
+                return await self._relay(state, response, meter, answer_as)
         summary = "; ".join(attempt.failures) or "no site tried"
         if attempt.timed_out:
             raise UpstreamTimeoutError(f"No site answered in time ({summary}).")
@@ -175,14 +186,19 @@ class Forwarder:
         return response
 
     async def _relay(
-        self, state: SiteState, response: aiohttp.ClientResponse, meter: Meter
+        self,
+        state: SiteState,
+        response: aiohttp.ClientResponse,
+        meter: Meter,
+        answer_as: str | None,
     ) -> Response:
         model = meter.model
         headers = {k: v for k in PASSED_HEADERS if (v := response.headers.get(k))}
         headers[SITE_HEADER] = state.name
         if response.headers.get("content-type", "").startswith("text/event-stream"):
+            chunks = self._stream(state, response, meter)
             return StreamingResponse(
-                meter.metered(self._stream(state, response, meter)),
+                meter.metered(_renamed(chunks, answer_as) if answer_as else chunks),
                 status_code=response.status,
                 headers=headers,
             )
@@ -208,6 +224,8 @@ class Forwarder:
                 raise UpstreamError(f"Site {state.name} failed to process the request: {message}")
         if response.status == 200:
             meter.read_body(content)
+            if answer_as:
+                content = _renamed_body(content, answer_as)
         meter.finish(response.status)
         return Response(content, status_code=response.status, headers=headers)
 
@@ -254,6 +272,29 @@ class Forwarder:
                 # The client went away (this generator was cancelled) or the site
                 # failed: drop the connection, and Serve cancels the request.
                 response.close()
+
+
+async def _renamed(chunks: AsyncGenerator[bytes, None], model: str) -> AsyncIterator[bytes]:
+    """A stream whose events name `model` (an alias) where the site's named its own."""
+    events = sse_events(chunks)
+    async with contextlib.aclosing(chunks), contextlib.aclosing(events):
+        async for event in events:
+            chunk = event_data(event)
+            if chunk is not None and "model" in chunk:
+                yield data_event({**chunk, "model": model})
+            else:  # a comment, an error event, [DONE]
+                yield event + b"\n\n"
+
+
+def _renamed_body(content: bytes, model: str) -> bytes:
+    """A JSON answer naming `model` (an alias) where the site's named its own."""
+    try:
+        answer = json.loads(content)
+    except ValueError:
+        return content
+    if not isinstance(answer, dict) or "model" not in answer:
+        return content
+    return json.dumps({**answer, "model": model}, separators=(",", ":")).encode()
 
 
 def _openai_error_message(content: bytes) -> str | None:

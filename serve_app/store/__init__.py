@@ -1,10 +1,13 @@
-"""Where the gateway keeps API keys and the usage ledger: interfaces, and SQLite behind them."""
+"""Where the gateway keeps API keys, the usage ledger and stored responses: interfaces, and
+SQLite behind them."""
 
 from serve_app.store.interfaces import (
     KEY_PREFIX,
     ApiKey,
     CredentialKind,
     KeyStore,
+    ResponseStore,
+    StoredResponse,
     StoreError,
     UsageGrouping,
     UsageRecord,
@@ -20,8 +23,10 @@ __all__ = [
     "ApiKey",
     "CredentialKind",
     "KeyStore",
+    "ResponseStore",
     "SqliteStore",
     "StoreError",
+    "StoredResponse",
     "UsageGrouping",
     "UsageRecord",
     "UsageStore",

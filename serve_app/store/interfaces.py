@@ -1,6 +1,7 @@
-"""What the gateway keeps (API keys, usage records) and the interfaces it keeps them behind.
+"""What the gateway keeps (API keys, usage records, stored responses) and the interfaces
+it keeps them behind.
 
-Callers depend on `KeyStore` and `UsageStore` only, so a server database can
+Callers depend on `KeyStore`, `UsageStore` and `ResponseStore` only, so a server database can
 replace the SQLite default (serve_app/store/sqlite.py) without touching them.
 API keys are random 256-bit strings, so one round of SHA-256 is enough to
 store them safely (no password-style stretching needed, and a lookup stays
@@ -62,6 +63,19 @@ class UsageSummary(BaseModel):
     total_tokens: int
 
 
+class StoredResponse(BaseModel):
+    """A Responses API response as the gateway keeps it, owned by one user: the response,
+    the request's input items, and the conversation as chat messages (its output last),
+    which a next turn with `previous_response_id` continues on whichever site."""
+
+    id: str
+    user: str
+    created_at: float
+    response: dict
+    input_items: list[dict]
+    conversation: list[dict]
+
+
 class StoreError(FirstError):
     """A store operation that cannot be done; the message is for the user."""
 
@@ -80,6 +94,14 @@ class UsageStore(Protocol):
     def usage_summary(
         self, since: float, until: float, by: UsageGrouping
     ) -> list[UsageSummary]: ...
+
+
+class ResponseStore(Protocol):
+    """Responses by id, each visible to its owner only: another user's id is not found."""
+
+    def put_response(self, stored: StoredResponse) -> None: ...
+    def get_response(self, response_id: str, user: str) -> StoredResponse | None: ...
+    def delete_response(self, response_id: str, user: str) -> bool: ...
 
 
 def new_api_key() -> str:

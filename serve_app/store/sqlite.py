@@ -1,4 +1,4 @@
-"""The SQLite store: API keys (hashed) and the usage ledger, in one file.
+"""The SQLite store: API keys (hashed), the usage ledger and stored responses, in one file.
 
 SQLite is the embedded default (one file, no server): the CLI that makes
 keys and every ingress replica on the node open the same file, and WAL mode
@@ -8,6 +8,7 @@ live in the same file and share `connect`.
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from serve_app.config import StoreConfig
 from serve_app.store.interfaces import (
     ApiKey,
+    StoredResponse,
     StoreError,
     UsageGrouping,
     UsageRecord,
@@ -50,6 +52,12 @@ CREATE TABLE IF NOT EXISTS usage (
     completion TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_user_time ON usage (user, time);
+CREATE TABLE IF NOT EXISTS responses (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    body TEXT NOT NULL
+);
 """
 _USAGE_FIELDS = tuple(UsageRecord.model_fields)
 
@@ -73,7 +81,8 @@ _KEY_FIELDS = "key_id, user, groups, created_at, revoked_at"
 
 
 class SqliteStore:
-    """KeyStore and UsageStore on one SQLite file; safe across threads and processes."""
+    """KeyStore, UsageStore and ResponseStore on one SQLite file; safe across threads and
+    processes."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -177,6 +186,35 @@ class SqliteStore:
             )
             for key, requests, errors, prompt, completion in rows
         ]
+
+    # -- responses ----------------------------------------------------------
+
+    def put_response(self, stored: StoredResponse) -> None:
+        body = stored.model_dump_json(exclude={"id", "user", "created_at"})
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?)",
+                (stored.id, stored.user, stored.created_at, body),
+            )
+
+    def get_response(self, response_id: str, user: str) -> StoredResponse | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT created_at, body FROM responses WHERE id = ? AND user = ?",
+                (response_id, user),
+            ).fetchone()
+        if row is None:
+            return None
+        created_at, body = row
+        fields = {"id": response_id, "user": user, "created_at": created_at}
+        return StoredResponse.model_validate({**json.loads(body), **fields})
+
+    def delete_response(self, response_id: str, user: str) -> bool:
+        with self._connect() as db:
+            cursor = db.execute(
+                "DELETE FROM responses WHERE id = ? AND user = ?", (response_id, user)
+            )
+        return cursor.rowcount > 0
 
 
 # SQL for each grouping of the usage summary (fixed strings: never user input).

@@ -51,11 +51,13 @@ class Answer:
 
 
 class CallFailedError(GatewayError):
-    """A call's refusal as the workflow's own, with the call's status, naming the call."""
+    """A call's refusal as the workflow's own, with the call's status, naming the call
+    (`what`), or as it came when the call is the whole request (`what` None)."""
 
-    def __init__(self, what: str, answer: Answer):
+    def __init__(self, what: str | None, answer: Answer):
         error = answer.error
-        super().__init__(f"The {what} failed: {error.message}", param=error.param)
+        message = f"The {what} failed: {error.message}" if what else error.message
+        super().__init__(message, param=error.param)
         self.status = answer.status
         self.code = error.code
 
@@ -69,6 +71,7 @@ class Calls:
     request: Request
     caller: Principal
     site: str | None = None
+    route: str | None = None  # the caller's route, where it is not the site's (see forward)
 
     async def call(self, path: str, body: OpenAIModel) -> Answer:
         """`body` through `InferenceService.forward` (placed, limited, metered, in the
@@ -80,7 +83,7 @@ class Calls:
 
         try:
             response = await self.inference.forward(
-                self.request, path, body, self.caller, self.site
+                self.request, path, body, self.caller, self.site, self.route
             )
         except GatewayError as exc:
             return answer(exc.status, exc.body())

@@ -21,7 +21,6 @@ before any token is spent.
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -42,10 +41,10 @@ from serve_app.protocol import (
     Usage,
 )
 from serve_app.routing import SITE_HEADER
+from serve_app.sse import DONE, data_event, event_data, sse_events
 from serve_app.workflows.bulk import CHAT, summed_usage
 from serve_app.workflows.calls import Answer, CallFailedError, Calls
 
-DONE = b"data: [DONE]"
 # Fields of the caller's request a critic does not get: a critique is plain text.
 NOT_FOR_CRITICS = {"response_format": None, "logprobs": None, "top_logprobs": None}
 
@@ -57,8 +56,10 @@ def tribunal_named(config: FederationConfig, name: str) -> TribunalConfig | None
 async def chat_completion(
     calls: Calls, body: ChatCompletionRequest
 ) -> Response | ChatCompletionResponse:
-    """A chat completion on a model, or, unpinned, on a tribunal of that name."""
-    if calls.site is None and (tribunal := tribunal_named(calls.inference.config, body.model)):
+    """A chat completion on a model, or, unpinned, on a tribunal of that name (or an alias
+    of one: the answer names the alias)."""
+    name = calls.inference.federation.resolve(body.model)
+    if calls.site is None and (tribunal := tribunal_named(calls.inference.config, name)):
         return await TribunalRun(calls, tribunal, body).respond()
     return await calls.inference.forward(calls.request, CHAT, body, calls.caller, calls.site)
 
@@ -101,7 +102,7 @@ class TribunalRun:
         return ChatCompletionResponse(
             id=self.id,
             created=self.created,
-            model=self.tribunal.name,
+            model=self.body.model,  # the tribunal's name, or the alias the caller named
             choices=[ChatChoice.model_validate(choice)],
             usage=summed_usage(self.answers),
             first_trace=self.steps if self.body.first_trace else None,
@@ -235,10 +236,10 @@ class TribunalRun:
             yield b"data: " + bytes(response.body) + b"\n\n"
             return
         options = self.body.stream_options
-        relay = _Relay(self.id, self.tribunal.name, bool(options and options.include_usage))
+        relay = _Relay(self.id, self.body.model, bool(options and options.include_usage))
         source = response.body_iterator
         try:
-            async for event in _events(source):
+            async for event in sse_events(source):
                 for out in relay.take(event):
                     yield out
         finally:
@@ -263,7 +264,7 @@ class _Relay:
         self.pending: dict | None = None
 
     def take(self, event: bytes) -> list[bytes]:
-        chunk = _data(event)
+        chunk = event_data(event)
         if chunk is None or "error" in chunk:  # a comment, [DONE], an error event
             return [] if event.strip() == DONE else [event + b"\n\n"]
         for choice in chunk.get("choices") or []:
@@ -272,7 +273,7 @@ class _Relay:
             self.usage = chunk["usage"]
             if not self.with_usage:
                 return []
-        out = [] if self.pending is None else [_event(self.pending)]
+        out = [] if self.pending is None else [data_event(self.pending)]
         self.pending = {**chunk, "id": self.chunk_id, "model": self.model}
         return out
 
@@ -283,34 +284,7 @@ class _Relay:
             self.pending["usage"] = usage.model_dump(exclude_none=True)
         if trace is not None:
             self.pending["first_trace"] = trace
-        return _event(self.pending) + DONE + b"\n\n"
-
-
-async def _events(chunks: AsyncIterator[bytes | str]) -> AsyncIterator[bytes]:
-    """The SSE events of a byte stream, whatever its chunking, without their blank line."""
-    buffer = b""
-    async for chunk in chunks:
-        buffer += chunk.encode() if isinstance(chunk, str) else chunk
-        *events, buffer = buffer.split(b"\n\n")
-        for event in events:
-            if event:
-                yield event
-    if buffer.strip():
-        yield buffer
-
-
-def _data(event: bytes) -> dict | None:
-    if not event.startswith(b"data:"):
-        return None
-    try:
-        value = json.loads(event[len(b"data:") :])
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _event(chunk: dict) -> bytes:
-    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+        return data_event(self.pending) + DONE + b"\n\n"
 
 
 def _content(answer: Answer) -> str:

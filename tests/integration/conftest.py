@@ -10,9 +10,11 @@ every second so a stopped site shows as down within a few seconds.
 - sim-fast: east only, zero delay (the fuzzer's target);
 - sim-ghost: only on the ghost site (no healthy site serves it: 503);
 - sim-late: west only, 3 s to its first token (a stream that waits);
-- sim-narrow: west only, 2 s per answer, 2 at once and 2 queued in Serve (a full site).
+- sim-narrow: west only, 2 s per answer, 2 at once and 2 queued in Serve (a full site);
+- sim-embed: east only, declared an embeddings-only model (`capabilities.apis`).
 
-The gateway also declares the tribunals of `TRIBUNALS` over those models.
+The gateway also declares the tribunals of `TRIBUNALS` over those models, and
+`ALIASES` (of a model: tests that drop the tribunals keep them valid).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ SITE_MODELS = {
         simulated_model("sim-even", 20, 5),
         simulated_model("sim-skew", 10, 2),
         simulated_model("sim-fast", 0, 0),
+        {**simulated_model("sim-embed", 0, 0), "capabilities": {"apis": ["embeddings"]}},
     ],
     "west": [
         simulated_model("sim-even", 20, 5),
@@ -95,6 +98,10 @@ TRIBUNALS = [
         "reviser": "sim-fast",
     },
 ]
+
+
+# The aliases of tests/integration/test_capabilities.py.
+ALIASES = {"sim-friendly": "sim-fast"}
 
 
 @dataclass
@@ -169,6 +176,7 @@ def federation(tmp_path_factory) -> Iterator[Federation]:
         "status": {"down_after_failures": 2},
         "circuit_breaker": {"failure_threshold": 2, "open_s": 2},
         "tribunals": TRIBUNALS,
+        "aliases": ALIASES,
         "sites": [
             {
                 "name": name,

@@ -197,3 +197,27 @@ def test_a_tribunal_mistake_is_named(tribunal, words):
     base = {"name": "t", "generator": "a", "critics": ["b"], "reviser": "a"}
     with pytest.raises(ValidationError, match=words):
         FederationConfig.model_validate(_with_tribunal({**base, **tribunal}))
+
+
+def _with_aliases(aliases: dict) -> dict:
+    config = _with_tribunal({"name": "t", "generator": "a", "critics": ["b"], "reviser": "a"})
+    return {**config, "aliases": aliases}
+
+
+def test_aliases_name_served_models_and_tribunals():
+    config = FederationConfig.model_validate(_with_aliases({"old-a": "a", "panel": "t"}))
+    assert config.aliases == {"old-a": "a", "panel": "t"}
+
+
+@pytest.mark.parametrize(
+    ("aliases", "words"),
+    [
+        ({"x": "nope"}, r"aliases\.x: 'nope' is neither a model a site serves nor a tribunal"),
+        ({"a": "b"}, r"aliases\.a: 'a' is a model a site serves; an alias needs a name"),
+        ({"t": "a"}, r"aliases\.t: 't' is a tribunal's name; an alias needs a name"),
+    ],
+    ids=["unknown-target", "hides-a-model", "hides-a-tribunal"],
+)
+def test_an_alias_mistake_is_named(aliases, words):
+    with pytest.raises(ValidationError, match=words):
+        FederationConfig.model_validate(_with_aliases(aliases))

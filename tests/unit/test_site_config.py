@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,25 @@ def _site(**model) -> dict:
             {"name": "s", "models": [{"id": "m", "engine": "simulated"}] * 2},
             "models[1].id: duplicate model id 'm'",
         ),
+        (
+            _site(
+                engine="vllm",
+                source="org/embed",
+                engine_kwargs={"runner": "pooling"},
+                capabilities={"apis": ["embeddings", "chat"]},
+            ),
+            "models[0].capabilities.apis: an embedding model (runner: pooling) answers "
+            "embeddings only, not chat",
+        ),
+        (
+            _site(engine="vllm", source="org/chat", capabilities={"apis": ["chat", "embeddings"]}),
+            "models[0].capabilities.apis: a vLLM generation model does not answer embeddings",
+        ),
+        (
+            _site(capabilities={"apis": ["chat", "speech"]}),
+            "models[0].capabilities.apis[1]: Input should be 'chat', 'completions'",
+        ),
+        (_site(capabilities={"context_windw": 8}), "models[0].capabilities.context_windw: unknown"),
     ],
 )
 def test_bad_site_file_fails_naming_file_and_field(tmp_path, data, expected):
@@ -165,3 +185,63 @@ def test_engine_metrics_can_be_switched_off_per_model():
     )
     measured, quiet = (llm_config_for(model) for model in site.models)
     assert measured.log_engine_metrics and not quiet.log_engine_metrics
+
+
+def _capabilities(**model) -> dict:
+    return SiteConfig.model_validate(_site(**model)).models[0].resolved_capabilities().model_dump()
+
+
+def test_a_vllm_models_capabilities_are_derived_from_its_engine_arguments():
+    engine_kwargs = {
+        "max_model_len": 8192,
+        "enable_auto_tool_choice": True,
+        "tool_call_parser": "hermes",
+        "reasoning_parser": "qwen3",
+    }
+    assert _capabilities(engine="vllm", source="org/qwen", engine_kwargs=engine_kwargs) == {
+        "context_window": 8192,
+        "input_modalities": ["text"],
+        "tool_calling": True,
+        "reasoning": True,
+        "apis": ["chat", "completions", "responses", "messages"],
+    }
+    plain = _capabilities(engine="vllm", source="org/hub-only")
+    assert (plain["context_window"], plain["tool_calling"], plain["reasoning"]) == (
+        None,
+        False,
+        False,
+    )
+
+
+def test_a_vllm_models_context_window_falls_back_to_its_weights_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 4096}))
+    assert _capabilities(engine="vllm", source=str(tmp_path))["context_window"] == 4096
+    (tmp_path / "config.json").write_text("not json")
+    assert _capabilities(engine="vllm", source=str(tmp_path))["context_window"] is None
+
+
+def test_an_embedding_model_answers_embeddings_only():
+    embedder = {"engine": "vllm", "source": "org/embed", "engine_kwargs": {"runner": "pooling"}}
+    assert _capabilities(**embedder)["apis"] == ["embeddings"]
+
+
+def test_the_simulated_engine_answers_every_api_with_tools_and_its_context_length():
+    assert _capabilities(engine_kwargs={"max_model_len": 512}) == {
+        "context_window": 512,
+        "input_modalities": ["text"],
+        "tool_calling": True,
+        "reasoning": False,
+        "apis": ["chat", "completions", "embeddings", "responses", "messages"],
+    }
+
+
+def test_declared_capabilities_win_and_the_rest_are_derived():
+    declared = {"context_window": 100, "input_modalities": ["text", "image"], "apis": ["chat"]}
+    assert _capabilities(capabilities=declared) == {
+        "context_window": 100,
+        "input_modalities": ["text", "image"],
+        "tool_calling": True,
+        "reasoning": False,
+        "apis": ["chat"],
+    }
+    assert _capabilities(capabilities={"tool_calling": False})["tool_calling"] is False
