@@ -22,7 +22,7 @@ LITELLM_VENV := .first/litellm-venv
 LITELLM_VERSION := 1.108.7
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
 
-.PHONY: install dev-slurm prometheus chromium run run-slurm monitor test test-fast test-haproxy lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics bench-request-cost bench-overload bench-bulk bench-tribunal bench-rag clean
+.PHONY: install dev-slurm prometheus chromium run run-slurm monitor test test-fast test-haproxy lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics bench-request-cost bench-agent-apis bench-overload bench-bulk bench-tribunal bench-rag clean
 
 install: $(STAMP)
 
@@ -140,6 +140,9 @@ bench-metrics: install wrk
 
 bench-request-cost: install wrk
 	$(BIN)/python -m bench.request_cost_bench --out bench/results/request_cost.json
+
+bench-agent-apis: install
+	$(BIN)/python -m bench.agent_apis_bench --out bench/results/agent_apis.json
 
 bench-overload: install
 	$(BIN)/python -m bench.overload_bench --out bench/results/overload.json

@@ -51,6 +51,7 @@ SUITES = (
     Suite("batch", "bench.batch_bench", None),
     Suite("metrics", "bench.metrics_bench", None),
     Suite("request_cost", "bench.request_cost_bench", None),
+    Suite("agent_apis", "bench.agent_apis_bench", None),
     Suite("overload", "bench.overload_bench", ("--quick",)),
     Suite("bulk", "bench.bulk_bench", ("--quick",)),
     Suite("tribunal", "bench.tribunal_bench", ("--quick",)),
@@ -227,6 +228,42 @@ def _request_cost(r: dict) -> tuple[str, bool]:
     return text, added < r["target_ms"]
 
 
+AGENT_APIS = {"responses": "responses", "responses-stored": "stored", "messages": "messages"}
+
+
+def _agent_apis(r: dict) -> tuple[str, bool]:
+    levels = []
+    for level, by_mode in r["added_p50_ms"].items():
+        whole, streamed = by_mode["non_streamed"], by_mode["streamed"]
+        apis = ", ".join(
+            f"{name} {whole[api]['p50_ms']:+.2f} / {streamed[api]['p50_ms']:+.2f} ms"
+            for api, name in AGENT_APIS.items()
+        )
+        levels.append(f"at {level.removeprefix('c')}: {apis}")
+    text = "p50 added over chat, not streamed / streamed: " + "; ".join(levels)
+    return text, r["met"]
+
+
+def _agent_apis_table(r: dict) -> str:
+    """Every cell of the agent APIs benchmark, with its p50 added over chat."""
+    rows = [
+        "| concurrent, mode | API | p50 / p99 ms | p50 added over chat, ms (median of rounds) "
+        "| first byte p50 ms | gateway CPU ms a request | requests (failed) |",
+        "| --- " * 7 + "|",
+    ]
+    for cell in r["cells"]:
+        level, mode = cell["concurrency"], cell["mode"]
+        added = r["added_p50_ms"][f"c{level}"][mode].get(cell["api"])
+        more = f"{added['p50_ms']:+.3f} ({added['median_of_rounds_ms']:+.3f})" if added else "-"
+        first = f"{cell['first_byte_p50_ms']:.2f}" if mode == "streamed" else "-"
+        rows.append(
+            f"| {level}, {mode.replace('_', '-')} | {cell['api']} | {cell['p50_ms']:.2f} / "
+            f"{cell['p99_ms']:.2f} | {more} | {first} | {cell['gateway_cpu_ms_per_request']:.2f} "
+            f"| {cell['requests']:,} ({cell['failed']}) |"
+        )
+    return "\n".join(rows)
+
+
 def _overload(r: dict) -> tuple[str, bool]:
     target, rss = r["target"], r["gateway_rss_mib"]
     loads = "; ".join(
@@ -328,6 +365,11 @@ CHECKS: dict[str, tuple[str, Callable[[dict], tuple[str, bool]]]] = {
         "token reservation and cache salting under 0.2 ms p50 at concurrency 1",
         _request_cost,
     ),
+    "agent_apis": (
+        "Responses (store off and on) and Messages under 1 ms p50 added over the same chat "
+        "completion at concurrency 1, streamed and not (standalone gateway)",
+        _agent_apis,
+    ),
     "overload": (
         "at 2x and 5x capacity, refusals (429/503, with Retry-After) p99 under 50 ms; "
         "gateway RSS after within 10% of before",
@@ -373,6 +415,22 @@ def summary_table() -> str:
     return "\n".join(rows)
 
 
+# A benchmark's own table in its README section, between `<!-- NAME:start -->` and
+# `<!-- NAME:end -->`, written from its result as the summary is.
+TABLES: dict[str, Callable[[dict], str]] = {"agent_apis": _agent_apis_table}
+
+
+def _with_tables(text: str) -> str:
+    for name, render in TABLES.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        result = _load(name)
+        if result is None or start not in text:
+            continue
+        head, rest = text.split(start, 1)
+        text = f"{head}{start}\n{render(result)}\n{end}{rest.split(end, 1)[1]}"
+    return text
+
+
 def write_summary() -> None:
     text = README.read_text()
     table = f"{START}\n{summary_table()}\n{END}"
@@ -382,7 +440,7 @@ def write_summary() -> None:
     else:
         title, _, body = text.partition("\n")
         text = f"{title}\n\n{table}\n{body}"
-    README.write_text(text)
+    README.write_text(_with_tables(text))
 
 
 def main() -> None:

@@ -5,6 +5,7 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from serve_app.errors import documented_errors
@@ -34,11 +35,16 @@ from serve_app.workflows.tribunal import chat_completion
 STREAM_DOC = {"text/event-stream": {"schema": {"type": "string"}}}
 
 
-def _responses(model: type[OpenAIModel], streams: bool) -> dict:
-    ok: dict = {"model": model, "description": "The site's answer, passed through."}
+def documented_answers(model: type[BaseModel], streams: bool, description: str) -> dict:
+    """OpenAPI `responses` of an inference route: its answer (or event stream), its errors."""
+    ok: dict = {"model": model, "description": description}
     if streams:
         ok["content"] = STREAM_DOC
     return {200: ok, **documented_errors()}
+
+
+def _responses(model: type[OpenAIModel], streams: bool) -> dict:
+    return documented_answers(model, streams, "The site's answer, passed through.")
 
 
 def build_inference_router(pinned: bool) -> APIRouter:

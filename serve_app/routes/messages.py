@@ -13,7 +13,6 @@ from anthropic.types import Message, MessageTokensCount
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from serve_app.errors import documented_errors
 from serve_app.routes.dependencies import (
     PINNED_PREFIX,
     CallerDep,
@@ -21,6 +20,7 @@ from serve_app.routes.dependencies import (
     any_site,
     pinned_site,
 )
+from serve_app.routes.inference import documented_answers
 from serve_app.translation import service
 from serve_app.translation.messages import (
     COUNT_TOKENS_ROUTE,
@@ -30,7 +30,6 @@ from serve_app.translation.messages import (
 )
 from serve_app.workflows.calls import Calls
 
-STREAM_DOC = {"text/event-stream": {"schema": {"type": "string"}}}
 # The paths whose errors are Anthropic's, pinned or not.
 ANTHROPIC_PATHS = r"^(/sites/[^/]+)?/v1/messages(/|$)"
 
@@ -42,7 +41,7 @@ def build_messages_router(pinned: bool) -> APIRouter:
     @router.post(
         "/v1/messages",
         response_model=None,
-        responses={200: {"model": Message, "content": STREAM_DOC}, **documented_errors()},
+        responses=documented_answers(Message, True, "The message, or its events."),
     )
     async def create_message(
         body: MessagesRequest,
@@ -57,7 +56,7 @@ def build_messages_router(pinned: bool) -> APIRouter:
     @router.post(
         "/v1/messages/count_tokens",
         response_model=None,
-        responses={200: {"model": MessageTokensCount}, **documented_errors()},
+        responses=documented_answers(MessageTokensCount, False, "The prompt's tokens."),
     )
     async def count_message_tokens(
         body: CountTokensRequest,

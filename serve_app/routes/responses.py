@@ -17,12 +17,12 @@ from serve_app.routes.dependencies import (
     any_site,
     pinned_site,
 )
+from serve_app.routes.inference import documented_answers
 from serve_app.translation.responses import ROUTE, ResponseCreateRequest
 from serve_app.translation.service import InputItemsPage
 from serve_app.workflows.calls import Calls
 
-STREAM_DOC = {"text/event-stream": {"schema": {"type": "string"}}}
-STORED_ERRORS = documented_errors(401, 403, 404, 500)
+STORED_ERRORS = documented_errors(400, 401, 403, 404, 500)
 
 
 def build_responses_router(pinned: bool) -> APIRouter:
@@ -33,10 +33,7 @@ def build_responses_router(pinned: bool) -> APIRouter:
     @router.post(
         "/v1/responses",
         response_model=None,
-        responses={
-            200: {"model": ResponseObject, "content": STREAM_DOC},
-            **documented_errors(),
-        },
+        responses=documented_answers(ResponseObject, True, "The response, or its events."),
     )
     async def create_response(
         body: ResponseCreateRequest,

@@ -44,6 +44,7 @@ from serve_app.protocol import (
     ToolCall,
 )
 from serve_app.sse import named_event
+from serve_app.translation.chat import checked_chat_request, first_choice, reasoning_of
 
 ROUTE = "/v1/messages"
 COUNT_TOKENS_ROUTE = "/v1/messages/count_tokens"
@@ -186,7 +187,7 @@ def chat_request(request: CountTokensRequest) -> ChatCompletionRequest:
             fields["top_k"] = request.top_k  # vLLM's sampling field
         if request.stream:
             fields |= {"stream": True, "stream_options": StreamOptions(include_usage=True)}
-    return ChatCompletionRequest(**fields)
+    return checked_chat_request(fields, "messages")
 
 
 def _system(system: str | list[TextBlock] | None) -> str:
@@ -273,10 +274,9 @@ class Turn(BaseModel):
 
 def message_from_chat(turn: Turn, answer: dict) -> Message:
     """A chat completion's answer (its first choice) as the turn's message."""
-    choice = (answer.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
+    choice, message = first_choice(answer)
     content: list[dict] = []
-    if thinking := message.get("reasoning_content") or message.get("reasoning"):
+    if thinking := reasoning_of(message):
         content.append({"type": "thinking", "thinking": thinking, "signature": ""})
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
@@ -392,7 +392,7 @@ class MessageStream:
             if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            if thinking := delta.get("reasoning_content") or delta.get("reasoning"):
+            if thinking := reasoning_of(delta):
                 events += self._open(
                     "thinking", {"type": "thinking", "thinking": "", "signature": ""}
                 )

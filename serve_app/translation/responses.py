@@ -53,6 +53,7 @@ from serve_app.protocol import (
     ToolCall,
 )
 from serve_app.sse import named_event
+from serve_app.translation.chat import checked_chat_request, first_choice, reasoning_of
 
 ROUTE = "/v1/responses"
 
@@ -234,7 +235,7 @@ def chat_request(
         fields["reasoning_effort"] = request.reasoning.effort
     if request.stream:
         fields |= {"stream": True, "stream_options": StreamOptions(include_usage=True)}
-    return ChatCompletionRequest(**fields)
+    return checked_chat_request(fields, "input")
 
 
 def _chat_tool(tool: FunctionTool) -> dict[str, Any]:
@@ -325,10 +326,9 @@ class Turn(BaseModel):
 
 def response_from_chat(turn: Turn, answer: dict) -> Response:
     """A chat completion's answer (its first choice) as the turn's response."""
-    choice = (answer.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
+    choice, message = first_choice(answer)
     output: list[dict] = []
-    if reasoning := message.get("reasoning_content") or message.get("reasoning"):
+    if reasoning := reasoning_of(message):
         output.append(_reasoning_item(new_id("rs"), reasoning, "completed"))
     if message.get("content"):
         output.append(_message_item(new_id("msg"), message["content"], "completed"))
@@ -512,7 +512,7 @@ class ResponseStream:
             if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            if reasoning := delta.get("reasoning_content") or delta.get("reasoning"):
+            if reasoning := reasoning_of(delta):
                 events += self._text_delta("reasoning", reasoning)
             if delta.get("content"):
                 events += self._text_delta("message", delta["content"])

@@ -87,10 +87,10 @@ async def _relay(
     translator: StreamTranslator,
     on_done: Callable[[], Awaitable[None]] | None,
 ) -> AsyncIterator[bytes]:
+    # The events of one site chunk go out in one write (a chunk is often several).
     body = source.body_iterator
     try:
-        for event in translator.start():
-            yield event
+        yield b"".join(translator.start())
         async for event in sse_events(body):
             if event.startswith(b":"):  # a keep-alive comment: clients skip it
                 yield event + b"\n\n"
@@ -99,15 +99,14 @@ async def _relay(
             if chunk is None:  # [DONE]
                 continue
             if isinstance(chunk.get("error"), dict):
-                for out in translator.fail(chunk["error"]):
-                    yield out
+                yield b"".join(translator.fail(chunk["error"]))
                 return
-            for out in translator.take(chunk):
-                yield out
-        for event in translator.finish():
-            yield event
-        if on_done is not None:
+            if events := translator.take(chunk):
+                yield b"".join(events)
+        last = b"".join(translator.finish())
+        if on_done is not None:  # stored before the client hears it completed
             await on_done()
+        yield last
     finally:
         # The client left mid-way: release the site's stream (and its meter) now.
         await body.aclose()  # type: ignore[attr-defined]

@@ -363,3 +363,13 @@ def test_a_failed_stream_ends_with_anthropics_error_event():
     ((name, data),) = events_of([event])
     assert name == "error"
     assert data == {"type": "error", "error": {"type": "rate_limit_error", "message": "Too many."}}
+
+
+def test_a_request_that_leaves_nothing_to_answer_is_a_400_naming_its_field():
+    request = response_request(input=[{"type": "reasoning", "id": "rs_1"}])
+    with pytest.raises(InvalidRequestError) as empty:
+        responses.chat_request(request, responses.input_messages(request.input), False)
+    assert empty.value.param == "input"
+    with pytest.raises(InvalidRequestError) as blank:
+        messages.chat_request(messages_request(messages=[{"role": "user", "content": []}]))
+    assert blank.value.param == "messages"
