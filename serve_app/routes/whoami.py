@@ -14,6 +14,7 @@ router = APIRouter(tags=["identity"])
 
 @router.get("/whoami", response_model=WhoAmI, responses=documented_errors(401, 403, 500, 503))
 async def whoami(federation: FederationDep, caller: CallerDep) -> WhoAmI:
-    """The caller's identity, groups, the models they may use and their limits."""
-    models = [card.id for card in federation.models(caller).data]
+    """The caller's identity, groups, the models they may use and their limits (models and
+    tribunals by their own ids: an alias shares its model's access and limits)."""
+    models = [card.id for card in federation.models(caller).data if card.alias_of is None]
     return describe_caller(caller, models, federation.config.limits)
