@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from deployments.openai_errors import describe_request_errors
 from serve_app.errors import InvalidRequestError
 from serve_app.protocol import ChatCompletionRequest
+from serve_app.sse import named_event
 
 
 def checked_chat_request(fields: dict[str, Any], source: str) -> ChatCompletionRequest:
@@ -38,3 +39,11 @@ def first_choice(answer: dict) -> tuple[dict, dict]:
 def reasoning_of(message: dict) -> str | None:
     """A message's (or a delta's) reasoning, under either name vLLM has given it."""
     return message.get("reasoning_content") or message.get("reasoning")
+
+
+def vendor_event(kind: type[BaseModel], **fields: Any) -> bytes:
+    """An SSE event of the vendor's event type `kind`, named by its `type` literal (which
+    both APIs repeat as the event's name)."""
+    name = kind.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
+    event = kind.model_validate({**fields, "type": name})
+    return named_event(name, event.model_dump_json(exclude_none=True))

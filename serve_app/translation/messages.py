@@ -44,7 +44,12 @@ from serve_app.protocol import (
     ToolCall,
 )
 from serve_app.sse import named_event
-from serve_app.translation.chat import checked_chat_request, first_choice, reasoning_of
+from serve_app.translation.chat import (
+    checked_chat_request,
+    first_choice,
+    reasoning_of,
+    vendor_event,
+)
 
 ROUTE = "/v1/messages"
 COUNT_TOKENS_ROUTE = "/v1/messages/count_tokens"
@@ -366,11 +371,7 @@ class MessageStream:
         self.usage: dict = {}
         self.choice: dict = {}
 
-    @staticmethod
-    def _event(kind: type[BaseModel], **fields: Any) -> bytes:
-        name = kind.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
-        event = kind.model_validate({**fields, "type": name})
-        return named_event(name, event.model_dump_json(exclude_none=True))
+    _event = staticmethod(vendor_event)
 
     def start(self) -> list[bytes]:
         message = {

@@ -52,8 +52,12 @@ from serve_app.protocol import (
     TextPart,
     ToolCall,
 )
-from serve_app.sse import named_event
-from serve_app.translation.chat import checked_chat_request, first_choice, reasoning_of
+from serve_app.translation.chat import (
+    checked_chat_request,
+    first_choice,
+    reasoning_of,
+    vendor_event,
+)
 
 ROUTE = "/v1/responses"
 
@@ -492,16 +496,14 @@ class ResponseStream:
         self.response: Response | None = None
 
     def _event(self, kind: type[BaseModel], **fields: Any) -> bytes:
-        event = kind.model_validate({**fields, "sequence_number": self.sequence})
         self.sequence += 1
-        name = kind.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
-        return named_event(name, event.model_dump_json(exclude_none=True))
+        return vendor_event(kind, **fields, sequence_number=self.sequence - 1)
 
     def start(self) -> list[bytes]:
         response = build_response(self.turn, "in_progress", [])
         return [
-            self._event(ResponseCreatedEvent, response=response, type="response.created"),
-            self._event(ResponseInProgressEvent, response=response, type="response.in_progress"),
+            self._event(ResponseCreatedEvent, response=response),
+            self._event(ResponseInProgressEvent, response=response),
         ]
 
     def take(self, chunk: dict) -> list[bytes]:
@@ -541,7 +543,6 @@ class ResponseStream:
             **common,
             delta=text,
             logprobs=[],
-            type="response.output_text.delta",
         )
         return [*events, delta]
 
@@ -550,7 +551,6 @@ class ResponseStream:
             ResponseReasoningTextDeltaEvent,
             **common,
             delta=text,
-            type="response.reasoning_text.delta",
         )
 
     def _add(self, kind: str, item: dict) -> list[bytes]:
@@ -564,7 +564,6 @@ class ResponseStream:
                 ResponseOutputItemAddedEvent,
                 item=added,
                 output_index=index,
-                type="response.output_item.added",
             )
         ]
         if kind in ("message", "reasoning"):
@@ -575,7 +574,6 @@ class ResponseStream:
                     output_index=index,
                     content_index=0,
                     part=item["content"][0],
-                    type="response.content_part.added",
                 )
             )
         return events
@@ -602,7 +600,6 @@ class ResponseStream:
                     item_id=item["id"],
                     output_index=index,
                     delta=arguments,
-                    type="response.function_call_arguments.delta",
                 )
             )
         return events
@@ -622,7 +619,6 @@ class ResponseStream:
                     item_id=item["id"],
                     output_index=index,
                     arguments=item["arguments"],
-                    type="response.function_call_arguments.done",
                 )
             )
         else:
@@ -632,7 +628,6 @@ class ResponseStream:
                 ResponseOutputItemDoneEvent,
                 item=item,
                 output_index=index,
-                type="response.output_item.done",
             )
         )
         return events
@@ -645,7 +640,6 @@ class ResponseStream:
                 ResponseReasoningTextDoneEvent,
                 **common,
                 text=part["text"],
-                type="response.reasoning_text.done",
             )
         else:
             done = self._event(
@@ -653,11 +647,8 @@ class ResponseStream:
                 **common,
                 text=part["text"],
                 logprobs=[],
-                type="response.output_text.done",
             )
-        part_done = self._event(
-            ResponseContentPartDoneEvent, **common, part=part, type="response.content_part.done"
-        )
+        part_done = self._event(ResponseContentPartDoneEvent, **common, part=part)
         return [done, part_done]
 
     def finish(self) -> list[bytes]:
@@ -666,11 +657,11 @@ class ResponseStream:
             events += self._close(kind)
         if self.finish_reason == "length":
             self.response = build_response(self.turn, "incomplete", self.output, self.usage)
-            kind, name = ResponseIncompleteEvent, "response.incomplete"
+            kind = ResponseIncompleteEvent
         else:
             self.response = build_response(self.turn, "completed", self.output, self.usage)
-            kind, name = ResponseCompletedEvent, "response.completed"
-        return [*events, self._event(kind, response=self.response, type=name)]
+            kind = ResponseCompletedEvent
+        return [*events, self._event(kind, response=self.response)]
 
     def fail(self, error: dict) -> list[bytes]:
         """`error` (OpenAI's error object) ends the stream: `error`, then `response.failed`."""
@@ -685,9 +676,8 @@ class ResponseStream:
                 code=code,
                 message=message,
                 param=error.get("param"),
-                type="error",
             ),
-            self._event(ResponseFailedEvent, response=self.response, type="response.failed"),
+            self._event(ResponseFailedEvent, response=self.response),
         ]
 
 

@@ -13,7 +13,6 @@ holds the conversation.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, Protocol
@@ -31,7 +30,7 @@ from serve_app.sse import event_data, sse_events
 from serve_app.store import ResponseStore, StoredResponse
 from serve_app.translation import messages, responses
 from serve_app.workflows.bulk import CHAT
-from serve_app.workflows.calls import Answer, CallFailedError, Calls
+from serve_app.workflows.calls import Answer, CallFailedError, Calls, answer_of
 
 
 class StreamTranslator(Protocol):
@@ -71,12 +70,7 @@ async def translated_stream(
     if not isinstance(source, StreamingResponse):
         if not source.body:  # the caller went away: nobody reads this
             return source
-        try:
-            content = json.loads(source.body)
-        except ValueError:
-            content = {}
-        error = content if isinstance(content, dict) else {}
-        raise CallFailedError(None, Answer(source.status_code, error, None, time.time(), 0.0))
+        raise CallFailedError(None, answer_of(source, time.time(), time.monotonic()))
     headers = {SITE_HEADER: site} if (site := source.headers.get(SITE_HEADER)) else None
     events = _relay(source, translator, on_done)
     return StreamingResponse(events, media_type=EVENT_STREAM, headers=headers)

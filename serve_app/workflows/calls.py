@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from deployments.openai_errors import ErrorDetail, error_body
 from serve_app.access import Principal
@@ -77,23 +78,29 @@ class Calls:
         """`body` through `InferenceService.forward` (placed, limited, metered, in the
         ledger), not streamed; its outcome as an `Answer`."""
         started_at, started = time.time(), time.monotonic()
-
-        def answer(status: int, content: dict, at: str | None = None) -> Answer:
-            return Answer(status, content, at, started_at, time.monotonic() - started)
-
         try:
             response = await self.inference.forward(
                 self.request, path, body, self.caller, self.site, self.route
             )
         except GatewayError as exc:
-            return answer(exc.status, exc.body())
-        if not response.body:  # the caller went away: nobody reads this
-            return answer(499, error_body("Cancelled: the client went away.", 499))
-        at = response.headers.get(SITE_HEADER)
-        try:
-            content = json.loads(response.body)
-        except ValueError:
-            return answer(502, error_body("The site's answer was not JSON.", 502), at)
-        if not isinstance(content, dict):
-            return answer(502, error_body("The site's answer was not a JSON object.", 502), at)
-        return answer(response.status_code, content, at)
+            return Answer(exc.status, exc.body(), None, started_at, time.monotonic() - started)
+        return answer_of(response, started_at, started)
+
+
+def answer_of(response: Response, started_at: float, started: float) -> Answer:
+    """A whole (not streamed) answer of `InferenceService.forward` as an `Answer`; a call
+    sent at Unix time `started_at`, monotonic `started`."""
+
+    def answer(status: int, content: dict, at: str | None = None) -> Answer:
+        return Answer(status, content, at, started_at, time.monotonic() - started)
+
+    if not response.body:  # the caller went away: nobody reads this
+        return answer(499, error_body("Cancelled: the client went away.", 499))
+    at = response.headers.get(SITE_HEADER)
+    try:
+        content = json.loads(response.body)
+    except ValueError:
+        return answer(502, error_body("The site's answer was not JSON.", 502), at)
+    if not isinstance(content, dict):
+        return answer(502, error_body("The site's answer was not a JSON object.", 502), at)
+    return answer(response.status_code, content, at)
