@@ -22,7 +22,7 @@ LITELLM_VENV := .first/litellm-venv
 LITELLM_VERSION := 1.108.7
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
 
-.PHONY: install dev-slurm prometheus chromium run run-slurm monitor test test-fast test-haproxy lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics bench-request-cost bench-agent-apis bench-overload bench-bulk bench-tribunal bench-rag clean
+.PHONY: install dev-slurm prometheus chromium firewall-tools endpoint-venv run run-slurm monitor test test-fast test-haproxy lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics bench-request-cost bench-agent-apis bench-overload bench-bulk bench-tribunal bench-rag clean
 
 install: $(STAMP)
 
@@ -55,7 +55,26 @@ prometheus:
 
 # Chromium (Debian package), the browser Playwright drives in the chat page's test.
 chromium:
-	scripts/install-chromium.sh
+	scripts/install-apt.sh chromium chromium
+
+# The sites-behind-firewalls tests: OpenSSH's server (the gateway host's tunnel sshd)
+# and iptables (the firewall of the site's network namespace), Debian packages.
+firewall-tools:
+	scripts/install-apt.sh /usr/sbin/sshd openssh-server
+	scripts/install-apt.sh /usr/sbin/iptables iptables
+
+# A site's Globus Compute endpoint environment (deployments/endpoint-requirements.txt),
+# apart from the gateway's: the endpoint-engine channel's tests run the site functions in it.
+ENDPOINT_VENV := .first/endpoint-venv
+ENDPOINT_STAMP := $(ENDPOINT_VENV)/.installed-$(shell cat deployments/endpoint-requirements.txt pyproject.toml | sha256sum | cut -c1-12)
+endpoint-venv: $(ENDPOINT_STAMP)
+$(ENDPOINT_STAMP):
+	@echo "[make] installing the site endpoint's environment into $(ENDPOINT_VENV)"
+	@test -x $(ENDPOINT_VENV)/bin/python || $(PYTHON) -m venv $(ENDPOINT_VENV)
+	$(ENDPOINT_VENV)/bin/pip install --quiet --progress-bar off $(FIND_LINKS) -r deployments/endpoint-requirements.txt
+	$(ENDPOINT_VENV)/bin/pip install --quiet --no-deps -e .
+	@rm -f $(ENDPOINT_VENV)/.installed-*
+	@touch $@
 
 run: install $(TINY_MODEL)/config.json $(TINY_EMBED)/config.json
 	$(BIN)/first gateway up --config $(FEDERATION_CONFIG) --with-key "$${USER:-local}"
@@ -69,15 +88,15 @@ MONITOR_PORT ?= 9090
 monitor: install prometheus
 	$(BIN)/first monitor up --config $(FEDERATION_CONFIG) --port $(MONITOR_PORT)
 
-test: install dev-slurm prometheus chromium
+test: install dev-slurm prometheus chromium firewall-tools endpoint-venv
 	$(BIN)/pytest
 
-test-fast: install prometheus
+test-fast: install prometheus endpoint-venv
 	$(BIN)/pytest -m "not slow"
 
 # The tests on the shared stack again with Serve's fast path on (ray.haproxy.enabled,
 # serve.direct_streaming): what of our behaviour Ray's experimental ingress keeps.
-test-haproxy: install dev-slurm prometheus chromium
+test-haproxy: install dev-slurm prometheus chromium firewall-tools endpoint-venv
 	FIRST_TEST_HAPROXY=1 $(BIN)/pytest
 
 # ruff, and the layer contracts of pyproject.toml ([tool.importlinter]).

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -30,12 +31,12 @@ from pydantic import BaseModel
 from deployments import batch_jobs, site_functions
 from deployments.batch_jobs import BatchPoll, BatchStopResult, BatchSubmission, StageResult
 from deployments.site_config import SiteConfig
-from deployments.site_functions import LaunchResult, StopResult
+from deployments.site_functions import LaunchResult, RelayedAnswer, StopResult
 from deployments.site_status import SiteStatus
 
 Answer = TypeVar("Answer", bound=BaseModel)
-# What a status call may take beyond its own HTTP timeout: the channel's hop.
-STATUS_GRACE_S = 1.0
+# What a status or relay call may take beyond its own HTTP timeout: the channel's hop.
+CHANNEL_HOP_S = 1.0
 
 
 class ControlChannel(Protocol):
@@ -80,7 +81,7 @@ class SiteClient:
         """The site's status report (never an error for an unreachable site: `reachable`)."""
         timeout_s = self.status_timeout_s
         answer = await self._call(
-            site_functions.site_status, timeout_s + STATUS_GRACE_S, self._config, timeout_s
+            site_functions.site_status, timeout_s + CHANNEL_HOP_S, self._config, timeout_s
         )
         return SiteStatus.model_validate(answer)
 
@@ -112,6 +113,17 @@ class SiteClient:
         answer = await self._control(batch_jobs.stop, dashboard_url, submission_id)
         return BatchStopResult.model_validate(answer)
 
+    async def relay(
+        self, url: str, body: str, headers: dict[str, str], timeout_s: float
+    ) -> tuple[RelayedAnswer, float]:
+        """One request sent on from the site (the globus-compute transport), within
+        `timeout_s` there and the channel's hop; and the seconds submitting it took."""
+        started = time.perf_counter()
+        future = self.channel.submit(site_functions.relay, url, body, headers, timeout_s)
+        submit_s = time.perf_counter() - started
+        answer = await self._awaited(future, site_functions.relay, timeout_s + CHANNEL_HOP_S)
+        return RelayedAnswer.model_validate(answer), submit_s
+
     def verify(self) -> None:
         self.channel.verify()
 
@@ -122,8 +134,13 @@ class SiteClient:
         return await self._call(function, self.control_timeout_s, *args)
 
     async def _call(self, function: Callable[..., Any], timeout_s: float, *args: Any) -> Any:
-        """The one place a site function is submitted and awaited."""
-        future = self.channel.submit(function, *args)
+        """The one place a site function is submitted and awaited (the relay aside: it
+        times its submission)."""
+        return await self._awaited(self.channel.submit(function, *args), function, timeout_s)
+
+    async def _awaited(
+        self, future: concurrent.futures.Future, function: Callable[..., Any], timeout_s: float
+    ) -> Any:
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
         except TimeoutError:

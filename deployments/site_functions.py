@@ -13,6 +13,8 @@ into the same models.
 - `launch`: make sure a model has a Slurm job (idempotent: no second job for
   a model already queued or running, unless `at_least` asks for more).
 - `stop`: cancel a model's Slurm jobs, or one of them.
+- `relay`: send one request to a model's endpoint and return the answer whole
+  (the globus-compute transport: one task per request, as FIRST v1).
 """
 
 from __future__ import annotations
@@ -35,6 +37,40 @@ class StopResult(BaseModel):
     """The job ids `stop` cancelled."""
 
     cancelled: list[str]
+
+
+class RelayedAnswer(BaseModel):
+    """A model endpoint's whole answer to one relayed request, and how long it took there."""
+
+    status: int
+    content_type: str = ""
+    retry_after: str | None = None
+    body: str = Field(description="The answer's body (OpenAI's JSON is text).")
+    run_s: float = Field(description="Seconds from the site function's start to its answer.")
+
+
+def relay(url: str, body: str, headers: dict[str, str], timeout_s: float) -> dict[str, Any]:
+    """POST `body` to `url` from the site and return the whole answer (a `RelayedAnswer`).
+
+    Raises what httpx raises when the endpoint cannot be reached: the gateway tries
+    another site, as when a direct connection fails.
+    """
+    import time
+
+    import httpx
+
+    from deployments.site_status import tls_context
+
+    started = time.perf_counter()
+    with httpx.Client(timeout=timeout_s, verify=tls_context()) as client:
+        response = client.post(url, content=body.encode(), headers=headers)
+    return RelayedAnswer(
+        status=response.status_code,
+        content_type=response.headers.get("content-type", ""),
+        retry_after=response.headers.get("retry-after"),
+        body=response.text,
+        run_s=time.perf_counter() - started,
+    ).model_dump(mode="json")
 
 
 def site_status(site: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:

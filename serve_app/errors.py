@@ -64,6 +64,12 @@ class UnsupportedApiError(InvalidRequestError):
     code = "unsupported_api"
 
 
+class StreamingUnsupportedError(InvalidRequestError):
+    """A stream for a model that only sites reached through Globus Compute serve."""
+
+    code = "stream_unsupported"
+
+
 class AuthenticationError(GatewayError):
     """No credential, or one that is not valid: the client must sign in again."""
 

@@ -62,13 +62,15 @@ class InferenceService:
         self.limiter = limiter
         self.ledger = ledger
         self.forwarder = Forwarder(
-            federation.sites, config.placement.retry_after_s, federation.metrics
+            federation.sites,
+            federation.transports,
+            config.placement.retry_after_s,
+            federation.metrics,
         )
         self._background: set[asyncio.Task] = set()
 
     async def stop(self) -> None:
-        """Close the site connections; wait for the token counts still being recorded."""
-        await self.forwarder.close()
+        """Wait for the token counts still being recorded."""
         await asyncio.gather(*self._background, return_exceptions=True)
 
     async def forward(  # noqa: PLR0913 (the request, its caller and route, spelled out)
@@ -113,7 +115,10 @@ class InferenceService:
             async def place_and_forward() -> Response:
                 # A caller held through a cold start may leave; the hold ends with it.
                 prefix = self._prefix(prompt, salt) if prefix_aware else None
-                order = await self.federation.place_or_cold_start(caller, model, site, prefix)
+                stream = bool(getattr(body, "stream", None))
+                order = await self.federation.place_or_cold_start(
+                    caller, model, site, prefix, stream
+                )
                 self.metrics.placed(model, order)
                 response = await self.forwarder.forward(
                     path, payload, request_id, order, meter, answer_as=alias

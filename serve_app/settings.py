@@ -31,6 +31,8 @@ class Settings:
     api_key: str | None = None
     # The key callers' cache salts are derived with (serve_app/access/cache_salt.py).
     cache_salt_secret: str | None = None
+    # The key an endpoint-engine channel and the site's endpoint that dials in share.
+    endpoint_key: str | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -39,6 +41,7 @@ class Settings:
             globus_client_secret=environ.get(f"{PREFIX}GLOBUS_CLIENT_SECRET") or None,
             api_key=environ.get(f"{PREFIX}API_KEY") or None,
             cache_salt_secret=environ.get(f"{PREFIX}CACHE_SALT_SECRET") or None,
+            endpoint_key=environ.get(f"{PREFIX}ENDPOINT_KEY") or None,
         )
 
     def with_cache_salt_secret(self) -> Settings:

@@ -147,3 +147,39 @@ def _banner_key(config, user: str, given: str | None) -> str:
     record = store.add_key(key, user, [])
     echo(f"made API key {record.key_id} for {user}")
     return key
+
+
+@gateway.command("tunnel-config")
+@config_option("Federation YAML file with ssh-tunnel sites.")
+@click.option(
+    "--user",
+    default="first-tunnel",
+    show_default=True,
+    help="The gateway host's account for site tunnels.",
+)
+@click.option(
+    "--authorized-keys", "keys_only", is_flag=True, help="Print only the account's authorized_keys."
+)
+def gateway_tunnel_config(config_path: str, user: str, keys_only: bool) -> None:
+    """Print the sshd_config Match block and authorized_keys for the sites' SSH tunnels.
+
+    The account may only forward each site's own port back to the gateway host: no
+    shell, no command, no TTY (docs/sites.md).
+    """
+    from serve_app.config import load_federation
+    from serve_app.routing.tunnels import authorized_keys, sshd_match_block
+
+    try:
+        keys = authorized_keys(load_federation(config_path))
+    except ValueError as exc:
+        raise click.ClickException(f"{config_path}: {exc}") from None
+    if not keys:
+        raise click.ClickException(f"{config_path}: no site has transport ssh-tunnel")
+    if keys_only:
+        click.echo(keys, nl=False)
+        return
+    click.echo(
+        f"# sshd_config (for example /etc/ssh/sshd_config.d/first-tunnel.conf)\n"
+        f"{sshd_match_block(user)}\n# ~{user}/.ssh/authorized_keys\n{keys}",
+        nl=False,
+    )

@@ -23,13 +23,17 @@ from serve_app.config.access import (
 )
 from serve_app.config.federation import (
     COLOCATED_PREFIX,
+    COMPUTE_PAYLOAD_LIMIT_BYTES,
     ChannelConfig,
+    EndpointEngineChannelConfig,
     FederatedSiteConfig,
     FederationConfig,
     GatewayConfig,
     GlobusComputeChannelConfig,
+    GlobusComputeTransportConfig,
     LocalChannelConfig,
     SiteTimeoutsConfig,
+    SshTunnelTransportConfig,
     load_federation,
 )
 from serve_app.config.routing import (
@@ -56,6 +60,7 @@ from serve_app.config.workflows import (
 
 __all__ = [
     "COLOCATED_PREFIX",
+    "COMPUTE_PAYLOAD_LIMIT_BYTES",
     "AuthConfig",
     "BatchConfig",
     "BulkConfig",
@@ -64,11 +69,13 @@ __all__ = [
     "CircuitBreakerConfig",
     "ColdStartConfig",
     "CredentialCacheConfig",
+    "EndpointEngineChannelConfig",
     "FederatedSiteConfig",
     "FederationConfig",
     "GatewayConfig",
     "GlobusAuthConfig",
     "GlobusComputeChannelConfig",
+    "GlobusComputeTransportConfig",
     "LedgerConfig",
     "LimitsConfig",
     "LocalChannelConfig",
@@ -81,6 +88,7 @@ __all__ = [
     "RagConfig",
     "SeededCollectionConfig",
     "SiteTimeoutsConfig",
+    "SshTunnelTransportConfig",
     "StatusConfig",
     "StoreConfig",
     "TribunalConfig",

@@ -46,6 +46,7 @@ from serve_app.config.storage import (
     StoreConfig,
 )
 from serve_app.config.workflows import BulkConfig, RagConfig, TribunalConfig
+from serve_app.settings import PREFIX
 
 # Where a site that shares the gateway's Ray cluster is mounted on the shared Serve proxy.
 COLOCATED_PREFIX = "/_sites"
@@ -68,8 +69,91 @@ class GlobusComputeChannelConfig(StrictConfig):
     )
 
 
+class EndpointEngineChannelConfig(StrictConfig):
+    """Run site functions through globus-compute-endpoint's own engine, without the cloud.
+
+    The site's endpoint process (`first site endpoint`) dials out to the gateway, takes
+    tasks packed by the Globus Compute SDK's serializer, runs them in its engine's worker
+    processes and sends back their packed results: serialization, the endpoint
+    environment's imports, remote exceptions and the 10 MB limits are exercised as at a
+    site; only the Globus cloud between the two is left out. For tests, and for sites on
+    one host with the gateway or reachable by it only outbound.
+    """
+
+    kind: Literal["endpoint-engine"]
+    listen: str | None = Field(
+        None,
+        pattern=r"^[^:\s]+:\d{1,5}$",
+        description="HOST:PORT where the gateway waits for the site's endpoint to dial in "
+        f"(`first site endpoint --gateway HOST:PORT`, both with {PREFIX}ENDPOINT_KEY set). "
+        "null: the gateway starts the endpoint itself on its own host.",
+    )
+    python: str | None = Field(
+        None,
+        description="Interpreter of the endpoint's environment, when the gateway starts it "
+        "(it needs deployments/endpoint-requirements.txt); null: the gateway's own.",
+    )
+    workers: int = Field(2, ge=1, le=64, description="The engine's worker processes.")
+    poll_interval_s: float = Field(2.0, gt=0, description="Seconds between two status polls.")
+
+
 ChannelConfig = Annotated[
-    LocalChannelConfig | GlobusComputeChannelConfig, Field(discriminator="kind")
+    LocalChannelConfig | GlobusComputeChannelConfig | EndpointEngineChannelConfig,
+    Field(discriminator="kind"),
+]
+# Channels that run the site functions at the site, as a Globus Compute endpoint does.
+COMPUTE_CHANNELS = ("globus-compute", "endpoint-engine")
+# What one Globus Compute task, or its result, may carry.
+COMPUTE_PAYLOAD_LIMIT_BYTES = 10 * 1024 * 1024
+
+
+class DirectTransportConfig(StrictConfig):
+    """Requests go over HTTP straight to the site's endpoint (the gateway can connect in)."""
+
+    kind: Literal["direct"] = "direct"
+
+
+class SshTunnelTransportConfig(StrictConfig):
+    """Requests go through the SOCKS proxy an SSH connection from the site opens here.
+
+    The site's connector (`first site connect`, or plain `ssh -N -R PORT`) keeps an SSH
+    connection from its login node to the gateway host with reverse dynamic forwarding:
+    the gateway's end is a SOCKS5 proxy on `host:port`, and what goes in comes out at the
+    login node, so the site's Serve endpoint and its jobs' compute nodes are reached with
+    no inbound connection at the site.
+    """
+
+    kind: Literal["ssh-tunnel"]
+    port: int = Field(ge=1024, le=65535, description="The proxy's port on the gateway host.")
+    host: str = Field("127.0.0.1", description="The proxy's address on the gateway host.")
+    public_key: str | None = Field(
+        None,
+        pattern=r"^(ssh|ecdsa|sk)-\S+ \S+",
+        description="The site's SSH public key, allowed to open this port and nothing else "
+        "(`first gateway authorized-keys` writes the sshd authorized_keys lines).",
+    )
+
+
+class GlobusComputeTransportConfig(StrictConfig):
+    """Each request is one task on the site's control channel, sent on from its login node.
+
+    As FIRST v1: for sites that allow nothing but their Globus Compute endpoint. No
+    streaming (a streaming request goes to another site, or gets a 400), and a request
+    body over `max_payload_bytes` is refused before it is sent.
+    """
+
+    kind: Literal["globus-compute"]
+    max_payload_bytes: int = Field(
+        COMPUTE_PAYLOAD_LIMIT_BYTES,
+        ge=1024,
+        le=COMPUTE_PAYLOAD_LIMIT_BYTES,
+        description="Largest request body a task may carry (Globus Compute's limit: 10 MB).",
+    )
+
+
+TransportConfig = Annotated[
+    DirectTransportConfig | SshTunnelTransportConfig | GlobusComputeTransportConfig,
+    Field(discriminator="kind"),
 ]
 
 
@@ -116,6 +200,11 @@ class FederatedSiteConfig(StrictConfig):
         f"Serve proxy under {COLOCATED_PREFIX}/NAME (the embedded default).",
     )
     channel: ChannelConfig = Field(default_factory=LocalChannelConfig)
+    transport: TransportConfig = Field(
+        default_factory=DirectTransportConfig,
+        description="How the gateway's requests reach the site's endpoint: `direct` HTTP, an "
+        "`ssh-tunnel` the site opens, or `globus-compute` tasks (docs/sites.md).",
+    )
     priority: int = Field(
         0,
         description="Higher is preferred: sites of lower priority take a model's traffic only "
@@ -130,6 +219,24 @@ class FederatedSiteConfig(StrictConfig):
         "it is full the caller gets a 503 with Retry-After at once, so neither the gateway "
         "nor the site queues without bound. null: no bound.",
     )
+
+    @model_validator(mode="after")
+    def _transport_fits(self) -> FederatedSiteConfig:
+        kind = self.transport.kind
+        if kind != "direct" and self.colocated:
+            raise ValueError(f"transport: a colocated site is reached directly, not by {kind}")
+        if kind in ("ssh-tunnel", "globus-compute") and self.channel.kind not in COMPUTE_CHANNELS:
+            # The local channel runs in the gateway, which cannot reach such a site.
+            raise ValueError(
+                f"transport: a site reached by {kind} runs its site functions at the site: "
+                f"give it a channel of kind {' or '.join(COMPUTE_CHANNELS)}"
+            )
+        return self
+
+    @property
+    def streams(self) -> bool:
+        """Whether requests to this site can stream (a Globus Compute task cannot)."""
+        return self.transport.kind != "globus-compute"
 
     @property
     def site_config(self) -> SiteConfig:

@@ -10,6 +10,13 @@ runs them through a `concurrent.futures.Executor`:
   Globus Compute endpoint, which runs the very same functions on the site's
   login node (production, as in FIRST). It authenticates as the gateway's
   confidential client (FIRST_GLOBUS_CLIENT_ID / FIRST_GLOBUS_CLIENT_SECRET).
+- `EndpointEngineChannel` (serve_app/routing/endpoint_engine.py): the same
+  tasks, packed by the SDK, run by globus-compute-endpoint's own engine in the
+  site's endpoint process, which dials in to the gateway; only the Globus
+  cloud is left out (tests, single-host sites).
+
+A function that raises at the site raises `SiteFunctionError` here, with the
+remote reason in one line, whichever Compute channel ran it.
 
 Building a channel makes no network call; `verify` makes the one call that
 proves the credentials work, so a bad secret fails at start-up, not at the
@@ -21,17 +28,35 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from deployments.errors import FirstError
 from deployments.site_client import SiteClient
-from serve_app.config import ChannelConfig, FederationConfig, GlobusComputeChannelConfig
+from serve_app.config import (
+    ChannelConfig,
+    EndpointEngineChannelConfig,
+    FederationConfig,
+    GlobusComputeChannelConfig,
+)
 from serve_app.settings import PREFIX, Settings
+
+if TYPE_CHECKING:
+    from serve_app.routing.endpoint_engine import EndpointEngineChannel
 
 
 class ChannelError(FirstError):
     """A channel that cannot be built or used; the message is one line, fit for a user."""
+
+
+class SiteFunctionError(ChannelError):
+    """A site function raised at the site; the message names it and the remote reason."""
+
+
+def remote_reason(remote_traceback: str) -> str:
+    """The last line of a traceback from the site: the exception and its message."""
+    lines = [line.strip() for line in remote_traceback.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no reason given"
 
 
 class ExecutorChannel:
@@ -77,6 +102,32 @@ class GlobusComputeChannel(ExecutorChannel):
         client = Client(app=self._app, do_version_check=False)
         super().__init__(Executor(endpoint_id=str(endpoint_id), client=client))
 
+    def submit(self, function: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        """The SDK's future, with a remote failure as `SiteFunctionError` (its one line)."""
+        from globus_compute_sdk.errors import TaskExecutionFailed
+
+        remote = super().submit(function, *args)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def settle(done: concurrent.futures.Future) -> None:
+            if future.done():
+                return
+            if done.cancelled():
+                future.cancel()
+            elif isinstance(error := done.exception(), TaskExecutionFailed):
+                reason = remote_reason(error.remote_data)
+                future.set_exception(
+                    SiteFunctionError(f"{function.__name__} failed at the site: {reason}")
+                )
+            elif error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(done.result())
+
+        remote.add_done_callback(settle)
+        future.add_done_callback(lambda f: f.cancelled() and remote.cancel())
+        return future
+
     def verify(self) -> None:
         import globus_sdk
 
@@ -92,8 +143,14 @@ class GlobusComputeChannel(ExecutorChannel):
             raise ChannelError(f"Globus Auth is unreachable: {exc}") from None
 
 
-def build_control_channel(config: ChannelConfig, settings: Settings) -> ExecutorChannel:
+def build_control_channel(
+    config: ChannelConfig, settings: Settings, site: str
+) -> ExecutorChannel | EndpointEngineChannel:
     """The channel a site's config asks for; ChannelError when its credentials are missing."""
+    if isinstance(config, EndpointEngineChannelConfig):
+        from serve_app.routing.endpoint_engine import EndpointEngineChannel
+
+        return EndpointEngineChannel(config, settings.endpoint_key, site)
     if isinstance(config, GlobusComputeChannelConfig):
         if not (settings.globus_client_id and settings.globus_client_secret):
             raise ChannelError(
@@ -119,7 +176,7 @@ def build_site_clients(
         if slurm_only and site.site_config.slurm is None:
             continue
         try:
-            channel = build_control_channel(site.channel, settings)
+            channel = build_control_channel(site.channel, settings, site.name)
         except ChannelError as exc:
             for client in clients.values():
                 client.close()

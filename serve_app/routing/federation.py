@@ -24,6 +24,7 @@ from serve_app.errors import (
     ModelNotFoundError,
     NoSiteAvailableError,
     SiteNotFoundError,
+    StreamingUnsupportedError,
     UnsupportedApiError,
 )
 from serve_app.metrics import GatewayMetrics
@@ -40,6 +41,7 @@ from serve_app.routing.cold_start import ColdStarter
 from serve_app.routing.placement import Placer
 from serve_app.routing.prefix_affinity import PrefixMemory
 from serve_app.routing.site_state import SiteState, StatusPoller
+from serve_app.routing.transports import build_transport
 
 # The API of each caller's route that reaches a model: what `require_api` checks.
 API_OF_ROUTE: dict[str, Api] = {
@@ -70,8 +72,12 @@ class Federation:
         self.metrics = metrics
         self.clients = clients
         self.sites = {site.name: SiteState(site, config, metrics) for site in config.sites}
+        self.transports = {
+            site.name: build_transport(site, clients[site.name]) for site in config.sites
+        }
         self.pollers = {
-            name: StatusPoller(state, clients[name]) for name, state in self.sites.items()
+            name: StatusPoller(state, clients[name], self.transports[name])
+            for name, state in self.sites.items()
         }
         self.cold_starter = ColdStarter(config.cold_start, self.pollers, metrics)
         placement = config.placement
@@ -100,8 +106,9 @@ class Federation:
         await asyncio.gather(*(poller.polled.wait() for poller in self.pollers.values()))
 
     async def stop(self) -> None:
-        """Stop polling and close every site's client."""
+        """Stop polling; close every site's client and transport."""
         await asyncio.gather(*(poller.stop() for poller in self.pollers.values()))
+        await asyncio.gather(*(transport.close() for transport in self.transports.values()))
 
     # -- models -------------------------------------------------------------
 
@@ -227,11 +234,18 @@ class Federation:
         model: str,
         site: str | None = None,
         prefix: list[bytes] | None = None,
+        stream: bool = False,
     ) -> list[str]:
-        """Sites to try for `model`, best first; 404 if none serves it, 503 if none can now."""
+        """Sites to try for `model`, best first; 404 if none serves it, 503 if none can now.
+
+        A stream goes only to sites whose transport streams (not Globus Compute's); a
+        400 says so when no other site serves the model.
+        """
         states = [s for s in self._sites_for(site) if model in s.models]
         if not states:
             raise self.unknown_model(caller, model, site)
+        if stream:
+            states = _streaming(states, model)
         now = time.monotonic()
         candidates = [c for s in states if (c := s.candidate(model, now)) is not None]
         if not candidates:
@@ -245,19 +259,28 @@ class Federation:
         return [c.site for c in ordered[: self.config.placement.max_attempts]]
 
     async def place_or_cold_start(
-        self, caller: Principal, model: str, site: str | None, prefix: list[bytes] | None = None
+        self,
+        caller: Principal,
+        model: str,
+        site: str | None,
+        prefix: list[bytes] | None = None,
+        stream: bool = False,
     ) -> list[str]:
         """`placement_order`; when no site runs the model but a Slurm site can start it,
         start it there first (the caller is held up to `cold_start.hold_s`)."""
         try:
-            return self.placement_order(caller, model, site, prefix)
+            return self.placement_order(caller, model, site, prefix, stream)
         except NoSiteAvailableError:
             now = time.monotonic()
-            startable = [s for s in self._sites_for(site) if s.can_launch(model, now)]
+            startable = [
+                s
+                for s in self._sites_for(site)
+                if s.can_launch(model, now) and (s.config.streams or not stream)
+            ]
             if not startable:
                 raise
         await self.cold_starter.bring_up(model, startable)
-        return self.placement_order(caller, model, site, prefix)
+        return self.placement_order(caller, model, site, prefix, stream)
 
     def require_servable(self, caller: Principal, model: str) -> None:
         """503 naming `model` unless a site can serve it now or start it (a cold start);
@@ -303,6 +326,19 @@ class Federation:
             for state in self.sites.values()
             if state.status is not None and not state.config.colocated
         ]
+
+
+def _streaming(states: list[SiteState], model: str) -> list[SiteState]:
+    """The sites of `states` that can stream; a 400 naming the others if there are none."""
+    streaming = [state for state in states if state.config.streams]
+    if not streaming:
+        names = ", ".join(state.name for state in states)
+        raise StreamingUnsupportedError(
+            f"The model {model!r} is served only by sites reached through Globus Compute "
+            f"({names}), whose tasks answer whole: send `stream: false`.",
+            param="stream",
+        )
+    return streaming
 
 
 # Every site holds its max_in_flight: a place frees as soon as any of those answers ends.

@@ -1,8 +1,11 @@
 """Forwarding one OpenAI request to a site, with retries before the first byte.
 
-One pooled `aiohttp.ClientSession` per site: under concurrency it measured
-several times faster than `httpx` here, whose connection pool checks every
-pooled connection on each request (bench/README.md). A request goes to the sites in the
+Each site's transport (serve_app/routing/transports.py) opens the way: a pooled
+`aiohttp.ClientSession` (under concurrency it measured several times faster
+than `httpx` here, whose connection pool checks every pooled connection on
+each request, bench/README.md), straight or through the site's SSH tunnel, or
+one Globus Compute task per request; all else here is the same for every
+site. A request goes to the sites in the
 order placement chose; a site that fails before it has the request
 (refused, reset, or 502/503/504) is skipped for the next, and its circuit
 breaker hears of it, unless its 503 carries a Retry-After: the site is full
@@ -37,13 +40,14 @@ from starlette.responses import Response, StreamingResponse
 from serve_app.errors import NoSiteAvailableError, UpstreamError, UpstreamTimeoutError
 from serve_app.metrics import GatewayMetrics
 from serve_app.routing.site_state import SiteState
+from serve_app.routing.transports import RelayError, SiteResponse, Transport
 from serve_app.sse import data_event, event_data, sse_events
 from serve_app.usage.metering import Meter
 
 logger = logging.getLogger(__name__)
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 # Site responses that carry the site's own headers worth passing on.
-PASSED_HEADERS = ("content-type", "retry-after")
+PASSED_HEADERS = ("content-type", "retry-after", "server-timing")
 # The last event of an OpenAI stream.
 STREAM_END = b"data: [DONE]"
 # Which site answered: for users chasing a slow answer, and for the routing tests.
@@ -52,20 +56,6 @@ SITE_HEADER = "x-first-site"
 
 # What a site connection can fail with before or while it answers.
 SITE_ERRORS = (aiohttp.ClientError, TimeoutError)
-
-
-def build_site_client(state: SiteState) -> aiohttp.ClientSession:
-    timeouts = state.config.timeouts
-    return aiohttp.ClientSession(
-        # No sock_read: it would also bound the wait for the headers, which is
-        # first_byte_s's (`_send`); the silence within a stream is `_stream`'s.
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s),
-        # Hundreds of concurrent streams per site are normal: no cap, keep connections.
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-        headers={"content-type": "application/json"},
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent",),
-    )
 
 
 class _Attempt:
@@ -79,14 +69,17 @@ class _Attempt:
 
 
 class Forwarder:
-    def __init__(self, sites: dict[str, SiteState], retry_after_s: int, metrics: GatewayMetrics):
+    def __init__(
+        self,
+        sites: dict[str, SiteState],
+        transports: dict[str, Transport],
+        retry_after_s: int,
+        metrics: GatewayMetrics,
+    ):
         self.sites = sites
+        self.transports = transports
         self.retry_after_s = retry_after_s
         self.metrics = metrics
-        self.clients = {name: build_site_client(state) for name, state in sites.items()}
-
-    async def close(self) -> None:
-        await asyncio.gather(*(client.close() for client in self.clients.values()))
 
     async def forward(  # noqa: PLR0913 (the request and where it goes, spelled out)
         self,
@@ -128,16 +121,14 @@ class Forwarder:
 
     async def _send(
         self, state: SiteState, path: str, body: bytes, request_id: str, attempt: _Attempt
-    ) -> aiohttp.ClientResponse | None:
-        client = self.clients[state.name]
+    ) -> SiteResponse | None:
+        transport = self.transports[state.name]
         started = time.monotonic()
         model = attempt.model
         state.request_started(model)
         try:
             response = await asyncio.wait_for(
-                client.post(
-                    state.endpoint(model) + path, data=body, headers={"x-request-id": request_id}
-                ),
+                transport.post(state.endpoint(model) + path, body, {"x-request-id": request_id}),
                 state.config.timeouts.first_byte_s,
             )
         except aiohttp.ClientError as exc:
@@ -188,7 +179,7 @@ class Forwarder:
     async def _relay(
         self,
         state: SiteState,
-        response: aiohttp.ClientResponse,
+        response: SiteResponse,
         meter: Meter,
         answer_as: str | None,
     ) -> Response:
@@ -310,6 +301,8 @@ def _openai_error_message(content: bytes) -> str | None:
 
 def _describe(exc: BaseException) -> str:
     """What went wrong, in words a caller can use: the library's names stay in the log."""
+    if isinstance(exc, RelayError):
+        return str(exc)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return "connecting timed out"
     if isinstance(exc, TimeoutError):

@@ -5,7 +5,10 @@ in a row, the circuit breaker, and per model this replica's requests in
 flight there and the recent time to first byte (each model has its own
 replicas, so one model's queue says nothing about another's). A poller per site calls the site status
 function through the site's control channel every `poll_interval_s`, with a
-timeout, in the background: no request ever waits for a status call.
+timeout, in the background: no request ever waits for a status call. It also
+asks the site's transport whether requests can reach the site (a tunnel that
+is up, an endpoint the gateway can connect to): a site that answers its
+channel but not the gateway's requests is down all the same, with that reason.
 
 Health is derived, never stored: `unknown` before the first answer, `up` with
 a fresh report, `stale` when the report is older than a few poll intervals
@@ -32,6 +35,7 @@ from serve_app.config import FederatedSiteConfig, FederationConfig
 from serve_app.metrics import GatewayMetrics
 from serve_app.routing.circuit_breaker import CircuitBreaker
 from serve_app.routing.placement import Candidate
+from serve_app.routing.transports import Transport
 
 logger = logging.getLogger(__name__)
 SiteHealth = Literal["unknown", "up", "stale", "down"]
@@ -249,9 +253,10 @@ class SiteState:
 class StatusPoller:
     """Polls one site's status through its client until stopped."""
 
-    def __init__(self, state: SiteState, client: SiteClient):
+    def __init__(self, state: SiteState, client: SiteClient, transport: Transport):
         self.state = state
         self.client = client
+        self.transport = transport
         self._task: asyncio.Task | None = None
         self._hurry_until = 0.0
         self._hurry_interval_s = 1.0
@@ -285,6 +290,9 @@ class StatusPoller:
         except Exception as exc:  # the channel's own failure: auth, network, endpoint offline
             self.state.record_status_failure(f"{type(exc).__name__}: {exc}")
         else:
+            if status.reachable and (unreachable := await self.transport.probe()):
+                # The site answers its channel, but the gateway's requests cannot reach it.
+                status = status.model_copy(update={"reachable": False, "error": unreachable})
             self.state.record_status(status, time.monotonic())
         self.state.report_metrics()
 

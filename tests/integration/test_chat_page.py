@@ -1,6 +1,6 @@
 """The chat page (GET /chat) in a real headless browser against the shared stack.
 
-Chromium is Debian's (scripts/install-chromium.sh, `make chromium`), driven
+Chromium is Debian's (scripts/install-apt.sh, `make chromium`), driven
 by Playwright through `executable_path`. The page streams an answer from
 sim-llama, which writes one token per chunk every 10 ms; a wrong key shows
 the gateway's 401 message; with the demo collection picked, the answer lists
@@ -47,7 +47,7 @@ RECORD_FRAMES = """() => {
 def chromium_path() -> str:
     path = shutil.which("chromium")
     if path is None:
-        pytest.fail("no chromium on PATH: run `make chromium` (scripts/install-chromium.sh)")
+        pytest.fail("no chromium on PATH: run `make chromium` (scripts/install-apt.sh)")
     return path
 
 

@@ -53,14 +53,22 @@ class FirstProcess:
     url: str | None = None
 
     @classmethod
-    def start(
-        cls, args: list[str], workdir: Path, name: str, env: dict[str, str] | None = None
+    def start(  # noqa: PLR0913 (the command, where its output goes, and how it runs)
+        cls,
+        args: list[str],
+        workdir: Path,
+        name: str,
+        env: dict[str, str] | None = None,
+        program: str = FIRST,
+        prefix: Sequence[str] = (),
     ) -> FirstProcess:
-        """Start `first ARGS`; `env` is added to this process's environment."""
+        """Start `PREFIX first ARGS` (`first` is `program`: another environment's);
+        `env` is added to this process's environment. `prefix` runs it elsewhere
+        (`ip netns exec NS`: in a network namespace)."""
         out_path, log_path = workdir / f"{name}.out", workdir / f"{name}.log"
         with open(out_path, "w") as out, open(log_path, "w") as log:
             process = subprocess.Popen(
-                [FIRST, *args],
+                [*prefix, program, *args],
                 stdout=out,
                 stderr=log,
                 start_new_session=True,
