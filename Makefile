@@ -22,7 +22,7 @@ LITELLM_VENV := .first/litellm-venv
 LITELLM_VERSION := 1.108.7
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
 
-.PHONY: install dev-slurm prometheus chromium firewall-tools endpoint-venv run run-slurm monitor test test-fast test-haproxy lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics bench-request-cost bench-agent-apis bench-overload bench-bulk bench-tribunal bench-rag clean
+.PHONY: install dev-slurm prometheus chromium firewall-tools endpoint-venv run run-slurm monitor test test-fast test-haproxy lint format docs wrk bench bench-full bench-site bench-gateway bench-auth bench-cold-start bench-batch bench-metrics bench-request-cost bench-agent-apis bench-transports bench-overload bench-bulk bench-tribunal bench-rag clean
 
 install: $(STAMP)
 
@@ -121,7 +121,7 @@ docs: install
 bench: install $(TINY_MODEL)/config.json $(PREFIX_MODEL)/config.json
 	$(BIN)/python -m bench.suite
 
-bench-full: install dev-slurm wrk $(LITELLM_STAMP) $(TINY_MODEL)/config.json $(PREFIX_MODEL)/config.json
+bench-full: install dev-slurm firewall-tools endpoint-venv wrk $(LITELLM_STAMP) $(TINY_MODEL)/config.json $(PREFIX_MODEL)/config.json
 	$(BIN)/python -m bench.suite --full
 
 # A wider, deeper random-weight Llama with a 2,048-token context: prefill costs
@@ -162,6 +162,11 @@ bench-request-cost: install wrk
 
 bench-agent-apis: install
 	$(BIN)/python -m bench.agent_apis_bench --out bench/results/agent_apis.json
+
+# The ssh-tunnel and globus-compute transports against direct: a real sshd (firewall-tools)
+# and the endpoint's own environment (endpoint-venv).
+bench-transports: install firewall-tools endpoint-venv
+	$(BIN)/python -m bench.transports_bench --out bench/results/transports.json
 
 bench-overload: install
 	$(BIN)/python -m bench.overload_bench --out bench/results/overload.json

@@ -52,6 +52,7 @@ SUITES = (
     Suite("metrics", "bench.metrics_bench", None),
     Suite("request_cost", "bench.request_cost_bench", None),
     Suite("agent_apis", "bench.agent_apis_bench", None),
+    Suite("transports", "bench.transports_bench", None),
     Suite("overload", "bench.overload_bench", ("--quick",)),
     Suite("bulk", "bench.bulk_bench", ("--quick",)),
     Suite("tribunal", "bench.tribunal_bench", ("--quick",)),
@@ -264,6 +265,51 @@ def _agent_apis_table(r: dict) -> str:
     return "\n".join(rows)
 
 
+def _transports(r: dict) -> tuple[str, bool]:
+    at_1, at_32 = r["added_over_direct_ms"]["c1"], r["added_over_direct_ms"]["c32"]
+    rates = r["requests_per_s_over_direct"]["c32"]
+    rate = {c["path"]: c["requests_per_s"] for c in r["cells"] if c["concurrency"] == 32}
+    tunnel, compute = at_1["non_streamed"]["tunnel"], at_1["non_streamed"]["compute"]
+    text = (
+        f"ssh-tunnel {tunnel['p50_ms']:+.2f} ms p50 over direct at 1 (a stream's first byte "
+        f"{at_1['streamed']['tunnel']['first_byte_p50_ms']:+.2f} ms), "
+        f"{rates['tunnel']['ratio']:.2f}x direct's req/s at 32 ({rate['tunnel']:.0f} against "
+        f"{rate['direct']:.0f}); globus-compute through the endpoint engine "
+        f"{compute['p50_ms']:+.1f} ms p50 at 1, {at_32['non_streamed']['compute']['p50_ms']:+.0f} "
+        f"ms at 32, {rates['compute']['ratio']:.2f}x direct's req/s, beside FIRST's published "
+        f"+{'-'.join(str(s) for s in r['first_globus_cloud_added_s'])} s a request through the "
+        f"Globus cloud (not measurable here); direct {-at_1['non_streamed']['site']['p50_ms']:+.2f} "
+        "ms over the site alone"
+    )
+    failed = sum(c["failed"] for c in r["cells"])
+    text += f"; {failed} requests failed" if failed else ""
+    return text, all(r["met"].values())
+
+
+def _transports_table(r: dict) -> str:
+    """Every cell of the transports benchmark, with its p50 added over direct."""
+    rows = [
+        "| concurrent, mode | path | p50 / p99 ms | p50 added over direct, ms (median of rounds) "
+        "| first byte p50 / p99 ms | req/s | gateway CPU ms a request | carrier CPU ms a request "
+        "| requests (failed) |",
+        "| --- " * 9 + "|",
+    ]
+    for cell in r["cells"]:
+        level, mode = cell["concurrency"], cell["mode"]
+        added = r["added_over_direct_ms"][f"c{level}"][mode].get(cell["path"])
+        more = f"{added['p50_ms']:+.3f} ({added['median_of_rounds_ms']:+.3f})" if added else "-"
+        first = "-"
+        if mode == "streamed":
+            first = f"{cell['first_byte_p50_ms']:.2f} / {cell['first_byte_p99_ms']:.2f}"
+        rows.append(
+            f"| {level}, {mode.replace('_', '-')} | {cell['path']} | {cell['p50_ms']:.2f} / "
+            f"{cell['p99_ms']:.2f} | {more} | {first} | {cell['requests_per_s']:.1f} | "
+            f"{cell['gateway_cpu_ms_per_request']:.2f} | {cell['carrier_cpu_ms_per_request']:.2f} "
+            f"| {cell['requests']:,} ({cell['failed']}) |"
+        )
+    return "\n".join(rows)
+
+
 def _overload(r: dict) -> tuple[str, bool]:
     target, rss = r["target"], r["gateway_rss_mib"]
     loads = "; ".join(
@@ -370,6 +416,12 @@ CHECKS: dict[str, tuple[str, Callable[[dict], tuple[str, bool]]]] = {
         "completion at concurrency 1, streamed and not (standalone gateway)",
         _agent_apis,
     ),
+    "transports": (
+        "ssh-tunnel under 2 ms p50 added over direct at concurrency 1 and at least 0.9x its "
+        "req/s at 32; globus-compute (endpoint engine, no cloud) recorded beside FIRST's "
+        "published +6-7 s a request",
+        _transports,
+    ),
     "overload": (
         "at 2x and 5x capacity, refusals (429/503, with Retry-After) p99 under 50 ms; "
         "gateway RSS after within 10% of before",
@@ -417,7 +469,10 @@ def summary_table() -> str:
 
 # A benchmark's own table in its README section, between `<!-- NAME:start -->` and
 # `<!-- NAME:end -->`, written from its result as the summary is.
-TABLES: dict[str, Callable[[dict], str]] = {"agent_apis": _agent_apis_table}
+TABLES: dict[str, Callable[[dict], str]] = {
+    "agent_apis": _agent_apis_table,
+    "transports": _transports_table,
+}
 
 
 def _with_tables(text: str) -> str:

@@ -156,8 +156,9 @@ class SlurmConfig(SlurmJobConfig):
     )
     python: str | None = Field(
         None,
-        description="Python with first-serve installed, as the compute nodes see it "
-        "(default: the one running the site function).",
+        description="Python with first-serve and the engine installed, as the compute nodes "
+        "see it (default: the one running the site function, which on a Globus Compute "
+        "endpoint is the endpoint's environment: set this there).",
     )
     state_dir: AbsolutePath = Field(
         Path(".first/slurm"),

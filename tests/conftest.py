@@ -38,6 +38,8 @@ from tests.support.waiting import eventually
 
 REPO = Path(__file__).resolve().parent.parent
 STACK_START_TIMEOUT_S = 600
+# A site's Globus Compute endpoint environment (`make endpoint-venv`), apart from the gateway's.
+ENDPOINT_VENV = REPO / ".first/endpoint-venv"
 # `make test-haproxy`: the tests on the shared stack and on Slurm, with Serve's fast path
 # switched on (HAProxy as the ingress, each vLLM model streamed from its replicas).
 HAPROXY = os.environ.get("FIRST_TEST_HAPROXY") == "1"

@@ -138,6 +138,7 @@ def site_endpoint(gateway: str, workers: int, once: bool) -> None:
     dials out to the gateway, as a Globus Compute endpoint does to the Globus cloud.
     Needs the endpoint's environment (deployments/endpoint-requirements.txt).
     """
+    import multiprocessing
     import os
 
     from deployments.compute_endpoint import run_endpoint
@@ -153,5 +154,9 @@ def site_endpoint(gateway: str, workers: int, once: bool) -> None:
             "deployments/endpoint-requirements.txt (make endpoint-venv)"
         ) from None
     stop_on_signals()
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         run_endpoint(_host_port(gateway), key.encode(), workers, once=once, echo=echo)
+    except KeyboardInterrupt:
+        pass
+    except (OSError, multiprocessing.AuthenticationError) as exc:
+        raise click.ClickException(f"cannot reach the gateway at {gateway}: {exc}") from None

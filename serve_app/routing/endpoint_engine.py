@@ -73,9 +73,10 @@ class EndpointEngineChannel:
             raise ChannelError(f"cannot listen on {address[0]}:{address[1]}: {exc}") from None
         self.address: tuple[str, int] = self._socket.getsockname()[:2]
         threading.Thread(target=self._accept, name=f"endpoint-{site}", daemon=True).start()
+        # An endpoint the gateway starts itself starts with the first task, so that a
+        # channel built only to be verified (serve_app/hosting.py) starts none.
+        self._spawn = (config, key) if config.listen is None else None
         self._process: subprocess.Popen | None = None
-        if config.listen is None:
-            self._process = _start_endpoint(config, self.address, key)
 
     # -- the ControlChannel protocol ------------------------------------------
 
@@ -104,6 +105,12 @@ class EndpointEngineChannel:
             )
             return future
         with self._lock:
+            if self._spawn is not None and self._process is None:
+                try:
+                    self._process = _start_endpoint(*self._spawn, self.address)
+                except ChannelError as exc:
+                    future.set_exception(exc)
+                    return future
             self._pending[task_id] = (future, name)
             connection = self._connection
             if connection is None:
@@ -114,13 +121,12 @@ class EndpointEngineChannel:
         return future
 
     def verify(self) -> None:
-        """An endpoint the gateway starts must still be running; one that dials in may come
-        later (its site is down until it does)."""
-        if self._process is not None and self._process.poll() is not None:
-            raise ChannelError(
-                f"the site's endpoint exited at once (status {self._process.returncode}); "
-                "its output is above"
-            )
+        """The endpoint's environment must be there if the gateway is to start it; one
+        that dials in may come later (its site is down until it does)."""
+        if self._spawn is not None:
+            python = self._spawn[0].python
+            if python is not None and not os.access(python, os.X_OK):
+                raise ChannelError(f"channel.python: {python} is not an executable")
 
     def close(self) -> None:
         self._closed = True
@@ -190,7 +196,11 @@ class EndpointEngineChannel:
                 packed = connection.recv_bytes()
             except (EOFError, OSError):
                 break
-            result = messagepack.unpack(packed)
+            try:
+                result = messagepack.unpack(packed)
+            except Exception as exc:  # not a Result: the endpoint is not one we can talk to
+                logger.warning("site %s: unreadable message from its endpoint: %r", self.site, exc)
+                break
             with self._lock:
                 entry = self._pending.pop(result.task_id, None)
             if entry is None or entry[0].done():  # cancelled: its caller gave up
@@ -242,7 +252,7 @@ def _hang_up(connection: multiprocessing.connection.Connection) -> None:
 
 
 def _start_endpoint(
-    config: EndpointEngineChannelConfig, address: tuple[str, int], key: str
+    config: EndpointEngineChannelConfig, key: str, address: tuple[str, int]
 ) -> subprocess.Popen:
     """The site's endpoint, on this host, in its own environment (`python`)."""
     python = config.python or sys.executable

@@ -37,7 +37,12 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import aiohttp
 from starlette.responses import Response, StreamingResponse
 
-from serve_app.errors import NoSiteAvailableError, UpstreamError, UpstreamTimeoutError
+from serve_app.errors import (
+    NoSiteAvailableError,
+    PayloadTooLargeError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from serve_app.metrics import GatewayMetrics
 from serve_app.routing.site_state import SiteState
 from serve_app.routing.transports import RelayError, SiteResponse, Transport
@@ -66,6 +71,7 @@ class _Attempt:
         self.failures: list[str] = []
         self.timed_out = False
         self.retry_after_s: int | None = None  # the soonest a full site said to come back
+        self.too_large: PayloadTooLargeError | None = None  # for a Globus Compute site's tasks
 
 
 class Forwarder:
@@ -114,6 +120,8 @@ class Forwarder:
         summary = "; ".join(attempt.failures) or "no site tried"
         if attempt.timed_out:
             raise UpstreamTimeoutError(f"No site answered in time ({summary}).")
+        if attempt.too_large is not None:
+            raise attempt.too_large
         raise NoSiteAvailableError(
             f"No site could take the request ({summary}). Retry later.",
             retry_after_s=attempt.retry_after_s or self.retry_after_s,
@@ -139,6 +147,13 @@ class Forwarder:
             attempt.timed_out |= timed_out
             attempt.failures.append(f"{state.name}: {_describe(exc)}")
             logger.warning("site %s failed before answering: %r", state.name, exc)
+            return None
+        except PayloadTooLargeError as exc:
+            # Too large for this site's transport (a Globus Compute task), not for another's.
+            state.request_ended(model)
+            state.breaker.abandon()
+            attempt.too_large = exc
+            attempt.failures.append(f"{state.name}: too large for its Globus Compute tasks")
             return None
         except TimeoutError:
             # The site has the request and may still be working on it: not a failure

@@ -35,7 +35,7 @@ import yaml
 
 from serve_app.config import load_federation
 from serve_app.routing.tunnels import authorized_keys
-from tests.conftest import free_port, private_ray_temp
+from tests.conftest import ENDPOINT_VENV, free_port, private_ray_temp
 from tests.integration.conftest import SITE_START_TIMEOUT_S, simulated_model, site_config
 from tests.support.firewall import Firewall, Sshd, site_key
 from tests.support.processes import FirstProcess, start_standalone_gateway
@@ -43,8 +43,7 @@ from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-ENDPOINT_FIRST = str(REPO / ".first/endpoint-venv/bin/first")
+ENDPOINT_FIRST = str(ENDPOINT_VENV / "bin/first")
 MODEL = "sim-walled"
 MESSAGES = [{"role": "user", "content": "hello through the wall"}]
 COMPUTE_MAX_PAYLOAD = 64 * 1024

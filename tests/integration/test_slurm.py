@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -29,7 +30,7 @@ from openai.types import Batch
 from deployments.config_loading import load_config
 from deployments.site_config import SiteConfig
 from deployments.slurm import SiteJobs
-from tests.conftest import HAPROXY
+from tests.conftest import ENDPOINT_VENV, HAPROXY
 from tests.support.processes import FIRST, FirstProcess, start_standalone_gateway
 from tests.support.waiting import eventually
 
@@ -110,6 +111,8 @@ def slurm_site(model_dir: Path, state_dir: Path) -> dict:
         "slurm": {
             "partition": "debug",
             "cpus_per_node": 1,
+            # The compute nodes' environment (vLLM's), not the endpoint's that submits.
+            "python": sys.executable,
             "ray_cpus_per_node": 8,
             "time_limit": "30",
             "serve_host": "127.0.0.1",
@@ -143,7 +146,13 @@ def start_slurm_gateway(workdir: Path, site: dict, **sections) -> tuple[FirstPro
             {
                 "name": site["name"],
                 "site": "site.yaml",
-                "channel": {"kind": "local", "poll_interval_s": 1.0},
+                # The site functions run as Globus Compute tasks in the endpoint's own
+                # engine and environment, as at a real site (the gateway starts it).
+                "channel": {
+                    "kind": "endpoint-engine",
+                    "python": str(ENDPOINT_VENV / "bin/python"),
+                    "poll_interval_s": 1.0,
+                },
             }
         ],
     }
@@ -405,6 +414,7 @@ def test_the_keeper_inside_the_gateway_starts_a_hot_model_before_any_request(dev
         "slurm": {
             "cpus_per_node": 1,
             "ray_cpus_per_node": 8,
+            "python": sys.executable,
             "time_limit": "10",
             "serve_host": "127.0.0.1",
             "state_dir": str(tmp_path / "slurm"),

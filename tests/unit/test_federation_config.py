@@ -9,12 +9,14 @@ import yaml
 from pydantic import ValidationError
 
 from deployments.config_loading import ConfigError
+from deployments.ssh_connector import ssh_command
 from serve_app.config import (
     COLOCATED_PREFIX,
     FederationConfig,
     GlobusComputeChannelConfig,
     load_federation,
 )
+from serve_app.routing.tunnels import authorized_keys, sshd_match_block
 
 REPO = Path(__file__).resolve().parents[2]
 FEDERATION_FILES = sorted(
@@ -124,6 +126,38 @@ def _federation(**site) -> dict:
             "sites[1].name: duplicate site name 's'",
         ),
         (_federation(name="S P"), "sites[0].name: String should match pattern"),
+        (
+            _federation(transport={"kind": "ssh-tunnel", "port": 10001}),
+            "sites[0].transport: a site reached by ssh-tunnel runs its site "
+            "functions at the site: give it a channel of kind globus-compute or endpoint-engine",
+        ),
+        (
+            _federation(transport={"kind": "globus-compute"}),
+            "transport: a site reached by globus-compute runs its site functions at the site",
+        ),
+        (
+            _federation(
+                colocated=True,
+                transport={"kind": "ssh-tunnel", "port": 10001},
+                channel={"kind": "endpoint-engine"},
+            ),
+            "transport: a colocated site is reached directly, not by ssh-tunnel",
+        ),
+        (
+            _federation(
+                transport={"kind": "globus-compute", "max_payload_bytes": 11_000_000},
+                channel={"kind": "endpoint-engine"},
+            ),
+            "sites[0].transport.globus-compute.max_payload_bytes: Input should be less than",
+        ),
+        (
+            _federation(transport={"kind": "ssh-tunnel", "port": 22}),
+            "sites[0].transport.ssh-tunnel.port: Input should be greater than or equal to 1024",
+        ),
+        (
+            _federation(channel={"kind": "endpoint-engine", "listen": "gateway"}),
+            "sites[0].channel.endpoint-engine.listen: String should match pattern",
+        ),
     ],
 )
 def test_bad_federation_file_fails_naming_file_and_field(tmp_path, data, expected):
@@ -221,3 +255,57 @@ def test_aliases_name_served_models_and_tribunals():
 def test_an_alias_mistake_is_named(aliases, words):
     with pytest.raises(ValidationError, match=words):
         FederationConfig.model_validate(_with_aliases(aliases))
+
+
+def test_sites_behind_firewalls_get_their_transports_and_tunnel_lines(tmp_path):
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx site-east@login"
+    path = _write(
+        tmp_path,
+        {
+            "sites": [
+                {
+                    "name": "east",
+                    "site": _simulated_site(),
+                    "channel": {"kind": "globus-compute", "endpoint_id": ENDPOINT},
+                    "transport": {"kind": "ssh-tunnel", "port": 10001, "public_key": key},
+                },
+                {
+                    "name": "west",
+                    "site": _simulated_site(),
+                    "channel": {"kind": "endpoint-engine", "listen": "0.0.0.0:7001"},
+                    "transport": {"kind": "globus-compute"},
+                },
+                {"name": "here", "site": _simulated_site()},
+            ]
+        },
+    )
+    config = load_federation(path)
+    east, west, here = config.sites
+    assert (east.transport.kind, east.streams) == ("ssh-tunnel", True)
+    assert (west.transport.kind, west.streams) == ("globus-compute", False)
+    assert west.transport.max_payload_bytes == 10 * 1024 * 1024
+    assert (here.transport.kind, here.streams) == ("direct", True)
+    assert authorized_keys(config) == (
+        'restrict,port-forwarding,permitlisten="localhost:10001" '
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx first-site-east\n"
+    )
+    assert "ForceCommand /bin/false" in sshd_match_block("tunnels")
+
+
+def test_a_tunnel_site_without_its_key_cannot_get_tunnel_lines(tmp_path):
+    path = _write(
+        tmp_path,
+        _federation(
+            channel={"kind": "endpoint-engine"}, transport={"kind": "ssh-tunnel", "port": 10001}
+        ),
+    )
+    with pytest.raises(ValueError, match=r"sites\[0\] \(s\)\.transport\.public_key: needed"):
+        authorized_keys(load_federation(path))
+
+
+def test_the_connectors_ssh_command_forwards_its_port_and_never_prompts():
+    command = ssh_command(("gw.example.org", 2222), "first-tunnel", "/k", 10001, "/known")
+    assert command[:9] == ["ssh", "-N", "-T", "-i", "/k", "-p", "2222", "-R", "10001"]
+    assert command[-1] == "first-tunnel@gw.example.org"
+    for option in ("BatchMode=yes", "ExitOnForwardFailure=yes", "StrictHostKeyChecking=yes"):
+        assert option in command
