@@ -151,6 +151,7 @@ def start_slurm_gateway(workdir: Path, site: dict, **sections) -> tuple[FirstPro
                 "channel": {
                     "kind": "endpoint-engine",
                     "python": str(ENDPOINT_VENV / "bin/python"),
+                    "workers": 1,
                     "poll_interval_s": 1.0,
                 },
             }
@@ -158,6 +159,14 @@ def start_slurm_gateway(workdir: Path, site: dict, **sections) -> tuple[FirstPro
     }
     federation_path = workdir / "federation.yaml"
     process, url = start_standalone_gateway(federation, federation_path, "gateway")
+
+    def site_up() -> bool:
+        sites = httpx.get(f"{url}/health", timeout=10).json()["sites"]
+        return all(site["health"] in ("up", "stale") for site in sites)
+
+    # The endpoint starts with the first status call, and its workers' imports take
+    # seconds of both cores: over before a test's job starts its Ray cluster beside them.
+    eventually(site_up, 180, "the site's first status through its endpoint")
     return process, SlurmGateway(url, site_path, federation_path, workdir)
 
 
